@@ -1,0 +1,47 @@
+"""Entry point of the `lamamba` console command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from launcher.commands import COMMANDS
+from lamamba.config import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lamamba",
+        description="Train and evaluate LaMamba-Diff latent diffusion models, locally or on a cluster.",
+        epilog="Run `lamamba COMMAND --help` for the options of one command.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"launcher.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"launcher.commands.{name}":
+                raise
+            continue  # a command not built yet
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except ConfigError as err:
+        print(f"lamamba {args.command}: config error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lamamba {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
