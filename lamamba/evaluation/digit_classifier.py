@@ -3,13 +3,19 @@
 Inception weights cannot be fetched offline, so the quickstart measures its samples in the feature
 space of a network trained on the real digits instead: FID and precision/recall on its 128-d
 penultimate features, and its predicted labels to check that a class-conditional sample shows the
-digit it was conditioned on. It takes images the way the evaluator does, uint8 NHWC, at 8x8 or at
-any multiple of it (larger inputs are box-downsampled to 8x8 first).
+digit it was conditioned on. It takes images the way the evaluator does, uint8 NHWC (grey or RGB),
+at 8x8 or at any multiple of it (larger inputs are box-downsampled to 8x8 first).
+
+It plugs into the evaluator as ``ExtractorConfig(kind="lamamba.evaluation.digit_classifier:
+digit_extractor", weights=<file written by save_digit_classifier>)``: "pool" = the 128-d
+features (FID, precision/recall), "spatial" = the 1024-d pooled conv map (sFID), "logits" = the
+10-way logits (IS).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -33,11 +39,14 @@ def load_digit_images() -> tuple[np.ndarray, np.ndarray]:
 
 
 def to_model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 images (N, H, W, 1) with H = W = 8 * k -> float (N, 1, 8, 8) in [-1, 1]."""
+    """uint8 images (N, H, W, 1 or 3) with H = W = 8 * k -> float (N, 1, 8, 8) in [-1, 1].
+
+    RGB inputs (the evaluator's reference builder makes them) are averaged to grey.
+    """
     x = torch.as_tensor(np.asarray(images))
-    if x.dim() != 4 or x.shape[-1] != 1 or x.shape[1] != x.shape[2] or x.shape[1] % NATIVE_SIZE:
-        raise ValueError(f"expected grey images (N, 8k, 8k, 1), got shape {tuple(x.shape)}")
-    x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if x.dim() != 4 or x.shape[-1] not in (1, 3) or x.shape[1] != x.shape[2] or x.shape[1] % NATIVE_SIZE:
+        raise ValueError(f"expected images (N, 8k, 8k, 1 or 3), got shape {tuple(x.shape)}")
+    x = x.permute(0, 3, 1, 2).float().mean(dim=1, keepdim=True) / 127.5 - 1.0
     if x.shape[-1] != NATIVE_SIZE:
         x = F.avg_pool2d(x, x.shape[-1] // NATIVE_SIZE)
     return x
@@ -50,34 +59,43 @@ class DigitClassifier(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(
+        self.conv = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(64 * (NATIVE_SIZE // 2) ** 2, self.feature_dim), nn.ReLU(),
         )
+        self.fc = nn.Sequential(nn.Linear(64 * (NATIVE_SIZE // 2) ** 2, self.feature_dim), nn.ReLU())
         self.head = nn.Linear(self.feature_dim, NUM_CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, 1, 8, 8) in [-1, 1] -> logits (N, 10)."""
-        return self.head(self.body(x))
+        return self.head(self.fc(self.conv(x)))
+
+    def extract(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: (N, 1, 8, 8) -> {"pool": (N, 128), "spatial": (N, 1024), "logits": (N, 10)}."""
+        spatial = self.conv(x)
+        pool = self.fc(spatial)
+        return {"pool": pool, "spatial": spatial, "logits": self.head(pool)}
+
+
+class DigitFeatureExtractor:
+    """The evaluator's feature-extractor interface around a trained :class:`DigitClassifier`."""
+
+    def __init__(self, model: DigitClassifier, name: str = "digit-classifier", batch_size: int = 1024):
+        self.model = model.eval()
+        self.name = name
+        self.batch_size = batch_size
 
     @torch.no_grad()
-    def features_and_logits(self, images: np.ndarray | torch.Tensor,
-                            batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 images (N, H, W, 1) -> features (N, 128) float64 and logits (N, 10) float64."""
-        self.eval()
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 images (N, H, W, 1 or 3) -> float32 {"pool", "spatial", "logits"}, each (N, D)."""
         x = to_model_input(images)
-        feats, logits = [], []
-        for start in range(0, len(x), batch_size):
-            f = self.body(x[start:start + batch_size])
-            feats.append(f.double())
-            logits.append(self.head(f).double())
-        return torch.cat(feats).numpy(), torch.cat(logits).numpy()
+        parts = [self.model.extract(x[s:s + self.batch_size]) for s in range(0, len(x), self.batch_size)]
+        return {key: torch.cat([p[key] for p in parts]).numpy() for key in parts[0]}
 
-    def predict(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        """uint8 images (N, H, W, 1) -> predicted class (N,) int64."""
-        return self.features_and_logits(images)[1].argmax(axis=1)
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images (N, H, W, 1 or 3) -> the predicted digit (N,) int64."""
+        return self(images)["logits"].argmax(axis=1)
 
 
 @dataclass
@@ -123,5 +141,46 @@ def train_digit_classifier(images: np.ndarray, labels: np.ndarray, *, seed: int 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    accuracy = float((model.predict(images[test_idx]) == labels[test_idx]).mean())
+    predicted = DigitFeatureExtractor(model).predict(images[test_idx])
+    accuracy = float((predicted == labels[test_idx]).mean())
     return model.eval(), ClassifierReport(len(train_idx), len(test_idx), accuracy)
+
+
+def save_digit_classifier(path: str, model: DigitClassifier, report: ClassifierReport) -> None:
+    """Write the weights (safetensors) with the training report in the metadata."""
+    from safetensors.torch import save
+
+    from lamamba import storage
+
+    blob = save({k: v.contiguous() for k, v in model.state_dict().items()},
+                metadata={"report": json.dumps(asdict(report))})
+    storage.write_bytes(path, blob)
+
+
+def load_digit_classifier(path: str) -> tuple[DigitClassifier, ClassifierReport]:
+    """Read what :func:`save_digit_classifier` wrote; a missing or mismatching file is an error
+    naming it."""
+    from safetensors.torch import load
+
+    from lamamba import storage
+
+    if not path or not storage.exists(path):
+        raise FileNotFoundError(f"digit classifier weights not found: {path!r} (the quickstart writes them)")
+    blob = storage.read_bytes(path)
+    model = DigitClassifier()
+    try:
+        model.load_state_dict(load(blob))
+        # safetensors layout: an 8-byte little-endian header length, then the JSON header.
+        header = json.loads(blob[8:8 + int.from_bytes(blob[:8], "little")])
+        report = ClassifierReport(**json.loads(header["__metadata__"]["report"]))
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise ValueError(f"{path} does not hold digit classifier weights: {err}") from None
+    return model.eval(), report
+
+
+def digit_extractor(cfg) -> DigitFeatureExtractor:
+    """The evaluator's plug-in factory: ``cfg`` is an ``ExtractorConfig`` whose ``weights`` names
+    the classifier file."""
+    model, report = load_digit_classifier(cfg.weights)
+    name = f"digit-classifier ({cfg.weights}, held-out accuracy {report.held_out_accuracy:.3f})"
+    return DigitFeatureExtractor(model, name=name, batch_size=max(cfg.batch_size, 1))
