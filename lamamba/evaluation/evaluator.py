@@ -1,0 +1,168 @@
+"""The evaluate job: a sample set + a reference batch -> FID, sFID, IS, precision, recall.
+
+Samples are read shard by shard (``lamamba.evaluation.shards``): features stored beside a shard by
+the sampler are used when they come from the same extractor, otherwise the shard's images are run
+through it. FID/sFID statistics are merged per shard in float64, so memory holds only the pool_3
+features (for precision/recall) and the logits (for IS). A single ADM-style .npz (``arr_0``) is
+accepted as the sample set too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from lamamba import storage
+from lamamba.config import ConfigError
+from lamamba.evaluation import metrics
+from lamamba.evaluation.features import ExtractorConfig, FeatureExtractor, build_extractor
+from lamamba.evaluation.reference import Reference, extract_features, load_reference
+from lamamba.evaluation.shards import (METADATA, done_shards, features_name, images_name, read_json,
+                                       read_npz)
+from lamamba.evaluation.statistics import FeatureStats
+
+
+@dataclass
+class EvaluateConfig:
+    """What to evaluate against what; every metric follows ADM's evaluator (protocols.md §5)."""
+
+    run_dir: str = "runs/evaluate"
+    samples: str = ""  # a sample-set directory/URL written by `lamamba sample`, or one .npz with arr_0
+    reference: str = ""  # ADM reference .npz (or one from `lamamba evaluate --build-reference`)
+    out: str = ""  # metrics JSON; default <run_dir>/metrics.json
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
+    is_split_size: int = 5000  # IS: splits of this many samples, in order (10 splits for 50K)
+    pr_k: int = 3  # precision/recall: k-th nearest neighbour radius
+    pr_batch_size: int = 10000  # rows per block of pairwise distances
+    batch_size: int = 500  # images read per extractor call
+
+
+@dataclass
+class SampleFeatures:
+    """Everything the metrics need from the samples."""
+
+    pool: FeatureStats
+    spatial: FeatureStats | None
+    pool_features: np.ndarray
+    logits: np.ndarray | None
+    metadata: dict
+
+
+def _merge(acc: FeatureStats | None, feats: np.ndarray | None) -> FeatureStats | None:
+    if feats is None:
+        return acc
+    stats = FeatureStats.of(feats)
+    return stats if acc is None else acc + stats
+
+
+def collect_sample_features(samples: str, extractor: FeatureExtractor, batch_size: int = 500) -> SampleFeatures:
+    """Features of every finished shard of ``samples`` (in index order), or of one .npz file."""
+    if samples.endswith(".npz"):
+        images = read_npz(samples)
+        if "arr_0" not in images:
+            raise ValueError(f"{samples}: no arr_0 in the sample file (keys: {sorted(images)})")
+        arr = images["arr_0"]
+        parts = [extract_features((arr[i:i + batch_size] for i in range(0, len(arr), batch_size)), extractor,
+                                  total=len(arr), desc="sample features")]
+        metadata: dict = {}
+    else:
+        shards = done_shards(samples)
+        if not shards:
+            raise ValueError(f"no finished shards (shard_*.done) under {samples}")
+        metadata = read_json(storage.join(samples, METADATA)) if storage.exists(storage.join(samples, METADATA)) else {}
+        expected = metadata.get("num_shards")
+        if expected is not None and len(shards) != expected:
+            missing = sorted(set(range(expected)) - set(shards))
+            raise ValueError(f"{samples}: {len(missing)} of {expected} shards are not finished "
+                             f"(first: {missing[:5]}); rerun `lamamba sample` to complete them")
+        parts = []
+        for shard in tqdm(shards, desc="sample shards", unit="shard", dynamic_ncols=True):
+            parts.append(_shard_features(samples, shard, extractor, batch_size))
+    pool = spatial = None
+    for part in parts:
+        pool = _merge(pool, part["pool"])
+        spatial = _merge(spatial, part.get("spatial"))
+    logits = np.concatenate([p["logits"] for p in parts]) if all("logits" in p for p in parts) else None
+    return SampleFeatures(pool, spatial, np.concatenate([p["pool"] for p in parts]).astype(np.float32), logits,
+                          metadata)
+
+
+def _shard_features(samples: str, shard: int, extractor: FeatureExtractor, batch_size: int) -> dict[str, np.ndarray]:
+    feature_url = storage.join(samples, features_name(shard))
+    if storage.exists(feature_url):
+        stored = read_npz(feature_url)
+        if str(stored.get("extractor", "")) == extractor.name:
+            return {k: v for k, v in stored.items() if k != "extractor"}
+    image_url = storage.join(samples, images_name(shard))
+    if not storage.exists(image_url):
+        raise ValueError(f"shard {shard} of {samples} has neither images ({image_url}) nor features from "
+                         f"extractor {extractor.name!r}")
+    arr = read_npz(image_url)["arr_0"]
+    out: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(arr), batch_size):
+        for key, value in extractor(arr[start:start + batch_size]).items():
+            out.setdefault(key, []).append(value)
+    return {key: np.concatenate(v) for key, v in out.items()}
+
+
+def compute_metrics(samples: SampleFeatures, reference: Reference, is_split_size: int = 5000, pr_k: int = 3,
+                    pr_batch_size: int = 10000) -> dict[str, float | None]:
+    """FID, sFID, IS, precision, recall; a metric whose features are unavailable is None."""
+    result: dict[str, float | None] = {
+        "fid": metrics.frechet_distance(samples.pool.gaussian(), reference.pool),
+        "sfid": None, "inception_score": None, "precision": None, "recall": None,
+    }
+    if samples.spatial is not None and reference.spatial is not None:
+        result["sfid"] = metrics.frechet_distance(samples.spatial.gaussian(), reference.spatial)
+    if samples.logits is not None:
+        result["inception_score"] = metrics.inception_score(samples.logits, is_split_size)
+    if reference.pool_features is not None:
+        result["precision"], result["recall"] = metrics.precision_recall(
+            reference.pool_features, samples.pool_features, k=pr_k, batch_size=pr_batch_size)
+    return result
+
+
+def protocol_card(cfg: EvaluateConfig, samples: SampleFeatures, reference: Reference,
+                  extractor: FeatureExtractor) -> dict:
+    """How the numbers were produced, stored beside them."""
+    return {
+        "samples": cfg.samples,
+        "num_samples": samples.pool.n,
+        "sample_metadata": samples.metadata,
+        "reference": reference.source,
+        "reference_num_images": reference.num_images,
+        "feature_extractor": extractor.name,
+        "definitions": {
+            "fid": "pool_3 (2048-d) mean and covariance in float64; Frechet distance with scipy sqrtm, "
+                   "1e-6 added to the diagonals if singular, imaginary part < 1e-3 dropped (ADM)",
+            "sfid": "first 7 channels of mixed_6/conv (Mixed_6d 1x1 branch), 17x17x7 NHWC, Frechet distance",
+            "inception_score": f"softmax of the bias-free 1008-way logits, splits of {cfg.is_split_size} in order",
+            "precision_recall": f"k={cfg.pr_k} nearest-neighbour manifolds on pool_3 (Kynkaanniemi et al. 2019), "
+                                "squared Euclidean distances in float32",
+            "reference_statistics": "stored mu/sigma of the reference file when present (as ADM)",
+        },
+        "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def evaluate(cfg: EvaluateConfig, extractor: FeatureExtractor | None = None) -> dict:
+    """Run the evaluation; writes ``{"metrics": ..., "protocol": ...}`` as JSON and returns it."""
+    if not cfg.samples:
+        raise ConfigError("samples: give the sample set to evaluate (--samples URL)")
+    if not cfg.reference:
+        raise ConfigError("reference: give the reference batch (--reference FILE)")
+    extractor = extractor or build_extractor(cfg.extractor)
+    sample_features = collect_sample_features(cfg.samples, extractor, cfg.batch_size)
+    reference = load_reference(cfg.reference, extractor, cfg.batch_size)
+    result = {
+        "metrics": compute_metrics(sample_features, reference, cfg.is_split_size, cfg.pr_k, cfg.pr_batch_size),
+        "protocol": protocol_card(cfg, sample_features, reference, extractor),
+    }
+    out = cfg.out or storage.join(cfg.run_dir, "metrics.json")
+    storage.write_bytes(out, (json.dumps(result, indent=2) + "\n").encode())
+    result["written_to"] = out
+    return result

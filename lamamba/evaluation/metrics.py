@@ -1,0 +1,102 @@
+"""FID, sFID, IS, precision and recall with the definitions of ADM's evaluator (protocols.md §5).
+
+- Frechet distance: ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr(sqrtm(S1 S2)); if the square root of
+  the product is not finite, 1e-6 is added to both diagonals; an imaginary part is dropped when the
+  diagonal's is below 1e-3 and is an error otherwise. FID uses pool_3, sFID the spatial features.
+- IS: softmax of the bias-free logits, split in order into chunks of 5,000 (10 for 50K samples),
+  exp(mean KL(p(y|x) || p(y))) per split, averaged over splits.
+- Precision / recall (Kynkaanniemi et al. 2019): each set's manifold is the union of balls around
+  its points whose squared radius is the squared distance to the k-th nearest neighbour (k = 3,
+  the point itself not counted); precision = share of samples inside the reference manifold,
+  recall = share of reference points inside the sample manifold. Distances are computed in blocks
+  so 50K x 50K never sits in memory.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import linalg
+
+from lamamba.evaluation.statistics import GaussianStats
+
+
+def frechet_distance(a: GaussianStats, b: GaussianStats, eps: float = 1e-6) -> float:
+    """Frechet distance between two Gaussians given as (mu (D,), sigma (D, D))."""
+    mu1, mu2 = np.atleast_1d(a.mu).astype(np.float64), np.atleast_1d(b.mu).astype(np.float64)
+    s1, s2 = np.atleast_2d(a.sigma).astype(np.float64), np.atleast_2d(b.sigma).astype(np.float64)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape:
+        raise ValueError(f"statistics differ in dimension: mu {mu1.shape} vs {mu2.shape}, "
+                         f"sigma {s1.shape} vs {s2.shape}")
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        warnings.warn(f"Frechet distance: singular covariance product, adding {eps} to the diagonals")
+        offset = np.eye(s1.shape[0]) * eps
+        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"Frechet distance: imaginary component {np.max(np.abs(covmean.imag))} in sqrtm")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def inception_score(logits: np.ndarray, split_size: int = 5000) -> float:
+    """IS of (N, K) bias-free logits: splits of ``split_size`` taken in order (the last may be
+    shorter, as in ADM), exp(mean_x KL(p(y|x) || mean_x p(y|x))) per split, averaged."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2 or len(logits) == 0:
+        raise ValueError(f"expected logits of shape (N, K) with N > 0, got {logits.shape}")
+    log_p = logits - logits.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    scores = []
+    for start in range(0, len(log_p), split_size):
+        part_log = log_p[start:start + split_size]
+        part = np.exp(part_log)
+        log_marginal = np.log(part.mean(axis=0, keepdims=True))
+        kl = np.sum(part * (part_log - log_marginal), axis=1).mean()
+        scores.append(np.exp(kl))
+    return float(np.mean(scores))
+
+
+def _squared_distances(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(Nu, D), (Nv, D) -> (Nu, Nv) squared Euclidean distances in float32, clamped at 0."""
+    nu = np.sum(u * u, axis=1, dtype=np.float32)[:, None]
+    nv = np.sum(v * v, axis=1, dtype=np.float32)[None, :]
+    return np.maximum(nu - 2.0 * (u @ v.T) + nv, 0.0)
+
+
+def manifold_radii(features: np.ndarray, k: int = 3, batch_size: int = 10000) -> np.ndarray:
+    """(N, D) -> (N,) squared distance of each point to its k-th nearest neighbour (itself excluded)."""
+    feats = np.ascontiguousarray(features, dtype=np.float32)
+    n = len(feats)
+    if n <= k:
+        raise ValueError(f"need more than k={k} feature vectors for manifold radii, have {n}")
+    radii = np.empty(n, dtype=np.float32)
+    keep = k + 1  # the point itself is its own nearest neighbour (distance 0)
+    for r0 in range(0, n, batch_size):
+        rows = feats[r0:r0 + batch_size]
+        best = np.empty((len(rows), 0), dtype=np.float32)
+        for c0 in range(0, n, batch_size):
+            cand = np.concatenate([best, _squared_distances(rows, feats[c0:c0 + batch_size])], axis=1)
+            best = np.partition(cand, min(keep, cand.shape[1]) - 1, axis=1)[:, :keep]
+        radii[r0:r0 + batch_size] = np.partition(best, k, axis=1)[:, k]
+    return radii
+
+
+def precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = 3,
+                     batch_size: int = 10000) -> tuple[float, float]:
+    """Improved precision and recall of ``samples`` (N2, D) against ``reference`` (N1, D)."""
+    ref = np.ascontiguousarray(reference, dtype=np.float32)
+    smp = np.ascontiguousarray(samples, dtype=np.float32)
+    ref_radii = manifold_radii(ref, k, batch_size)
+    smp_radii = manifold_radii(smp, k, batch_size)
+    ref_covered = np.zeros(len(ref), dtype=bool)  # reference point inside the sample manifold
+    smp_covered = np.zeros(len(smp), dtype=bool)  # sample inside the reference manifold
+    for r0 in range(0, len(ref), batch_size):
+        for s0 in range(0, len(smp), batch_size):
+            d = _squared_distances(ref[r0:r0 + batch_size], smp[s0:s0 + batch_size])
+            ref_covered[r0:r0 + batch_size] |= (d <= smp_radii[None, s0:s0 + batch_size]).any(axis=1)
+            smp_covered[s0:s0 + batch_size] |= (d <= ref_radii[r0:r0 + batch_size, None]).any(axis=0)
+    return float(smp_covered.mean()), float(ref_covered.mean())

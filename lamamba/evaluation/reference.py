@@ -1,0 +1,194 @@
+"""Reference batches: what generated samples are compared against.
+
+ADM publishes one .npz per resolution (``VIRTUAL_imagenet256_labeled.npz``, ...) holding the
+reference images ``arr_0`` (N, H, W, 3) uint8 and the Inception statistics ``mu``, ``sigma``
+(pool_3) and ``mu_s``, ``sigma_s`` (spatial). FID/sFID use the stored statistics; precision and
+recall need the reference's pool_3 features, computed from ``arr_0``.
+
+There is no published reference at 1024 px, so :func:`build_reference` makes one with the same
+pipeline from real images at any resolution: an image folder, .npz shards (``arr_0``) or
+webdataset .tar shards of encoded images, each ADM-centre-cropped to the target resolution. It
+writes the same keys (``arr_0`` optional, since 50K x 1024^2 images is 150 GB) plus
+``pool_features`` so precision/recall do not need the images.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from lamamba import storage
+from lamamba.evaluation.features import FeatureExtractor
+from lamamba.evaluation.shards import read_npz, write_npz
+from lamamba.evaluation.statistics import FeatureStats, GaussianStats
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".JPEG")
+_STATS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
+
+
+@dataclass
+class Reference:
+    """Statistics and features of a reference set.
+
+    pool: pool_3 Gaussian (FID); spatial: spatial Gaussian (sFID) or None; pool_features:
+    (N, D) features for precision/recall or None; source: where it came from.
+    """
+
+    pool: GaussianStats
+    spatial: GaussianStats | None
+    pool_features: np.ndarray | None
+    source: str
+    num_images: int | None = None
+
+
+def load_reference(url: str, extractor: FeatureExtractor | None = None, batch_size: int = 500) -> Reference:
+    """Read an ADM reference .npz (or one written by :func:`build_reference`).
+
+    Stored ``mu``/``sigma`` (and ``mu_s``/``sigma_s``) are used as they are, as ADM's evaluator
+    does; features for precision/recall come from ``pool_features`` if stored, else from running
+    ``extractor`` over ``arr_0``. Missing pieces raise ValueError naming the file and its keys.
+    """
+    data = read_npz(url)
+    keys = sorted(data)
+    pool_features = data.get("pool_features")
+    computed: dict[str, np.ndarray] | None = None
+    if pool_features is None or "mu" not in data:
+        if "arr_0" not in data:
+            raise ValueError(f"reference {url}: needs mu/sigma and pool_features, or images arr_0; has {keys}")
+        if extractor is None:
+            raise ValueError(f"reference {url}: its features must be computed from arr_0, but no extractor was given")
+        computed = extract_features(_batches(data["arr_0"], batch_size), extractor, total=len(data["arr_0"]),
+                                    desc="reference features")
+        pool_features = computed["pool"]
+
+    def stats(mu_key: str, sigma_key: str, feature_key: str) -> GaussianStats | None:
+        if mu_key in data and sigma_key in data:
+            return GaussianStats(data[mu_key].astype(np.float64), data[sigma_key].astype(np.float64))
+        if computed is not None and feature_key in computed:
+            return FeatureStats.of(computed[feature_key]).gaussian()
+        return None
+
+    pool = stats("mu", "sigma", "pool")
+    if pool is None:
+        raise ValueError(f"reference {url}: no pool_3 statistics (mu, sigma) and none computable; has {keys}")
+    n = len(data["arr_0"]) if "arr_0" in data else (len(pool_features) if pool_features is not None else None)
+    return Reference(pool, stats("mu_s", "sigma_s", "spatial"), pool_features, url, n)
+
+
+def _batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(images), batch_size):
+        yield images[start:start + batch_size]
+
+
+def extract_features(batches, extractor: FeatureExtractor, total: int | None = None,
+                     desc: str = "features") -> dict[str, np.ndarray]:
+    """Run ``extractor`` over an iterable of uint8 NHWC batches; concatenated outputs per key."""
+    out: dict[str, list[np.ndarray]] = {}
+    with tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True) as bar:
+        for batch in batches:
+            for key, value in extractor(batch).items():
+                out.setdefault(key, []).append(value)
+            bar.update(len(batch))
+    if not out:
+        raise ValueError(f"{desc}: no images")
+    return {key: np.concatenate(v) for key, v in out.items()}
+
+
+def center_crop_adm(image: Image.Image, size: int) -> np.ndarray:
+    """ADM's centre crop: halve with a box filter while the short side >= 2 * size, bicubic-resize
+    the short side to ``size``, crop the centre. Returns (size, size, 3) uint8."""
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
+    arr = np.asarray(image.convert("RGB"))
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return arr[top:top + size, left:left + size]
+
+
+def _decode(data: bytes, size: int) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return center_crop_adm(image.convert("RGB"), size)
+
+
+def _fit(images: np.ndarray, size: int) -> np.ndarray:
+    if images.shape[1:3] == (size, size) and images.shape[-1] == 3:
+        return images
+    return np.stack([center_crop_adm(Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im), size)
+                     for im in images])
+
+
+def iter_real_images(source: str, resolution: int, batch_size: int = 100) -> Iterator[np.ndarray]:
+    """Batches (b, resolution, resolution, 3) uint8 from real images under ``source`` (local path
+    or URL): a folder of image files (searched recursively, sorted), .npz files with ``arr_0``,
+    or webdataset .tar shards whose members are encoded images."""
+    fs, root = storage.filesystem(source)
+    if fs.isfile(root):
+        files = [root]
+    else:
+        files = sorted(p for p in fs.find(root) if p.endswith(IMAGE_EXTENSIONS + (".npz", ".tar")))
+    if not files:
+        raise ValueError(f"no images, .npz or .tar shards under {source}")
+    pending: list[np.ndarray] = []
+    for path in files:
+        if path.endswith(".npz"):
+            with fs.open(path, "rb") as f, np.load(io.BytesIO(f.read())) as arrays:
+                if "arr_0" not in arrays.files:
+                    raise ValueError(f"{path}: no arr_0 (keys: {arrays.files})")
+                for chunk in _batches(arrays["arr_0"], batch_size):
+                    pending.extend(_fit(chunk, resolution))
+        elif path.endswith(".tar"):
+            with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+                for member in tar:
+                    if member.isfile() and member.name.endswith(IMAGE_EXTENSIONS):
+                        pending.append(_decode(tar.extractfile(member).read(), resolution))
+        else:
+            with fs.open(path, "rb") as f:
+                pending.append(_decode(f.read(), resolution))
+        while len(pending) >= batch_size:
+            yield np.stack(pending[:batch_size])
+            pending = pending[batch_size:]
+    if pending:
+        yield np.stack(pending)
+
+
+def build_reference(source: str, out: str, extractor: FeatureExtractor, resolution: int,
+                    include_images: bool = False, batch_size: int = 100) -> Reference:
+    """Build a reference .npz at ``out`` from the real images under ``source``.
+
+    Writes mu, sigma (pool), mu_s, sigma_s (spatial, when the extractor gives them),
+    pool_features and, if ``include_images``, arr_0 (the cropped images), plus a JSON ``meta``.
+    """
+    pool_stats = spatial_stats = None
+    pool_features, images = [], []
+    with tqdm(desc=f"reference from {source}", unit="img", dynamic_ncols=True) as bar:
+        for batch in iter_real_images(source, resolution, batch_size):
+            feats = extractor(batch)
+            batch_pool = FeatureStats.of(feats["pool"])
+            pool_stats = batch_pool if pool_stats is None else pool_stats + batch_pool
+            if "spatial" in feats:
+                batch_spatial = FeatureStats.of(feats["spatial"])
+                spatial_stats = batch_spatial if spatial_stats is None else spatial_stats + batch_spatial
+            pool_features.append(feats["pool"].astype(np.float32))
+            if include_images:
+                images.append(batch)
+            bar.update(len(batch))
+    pool = pool_stats.gaussian()
+    arrays = {"mu": pool.mu, "sigma": pool.sigma, "pool_features": np.concatenate(pool_features)}
+    spatial = spatial_stats.gaussian() if spatial_stats is not None else None
+    if spatial is not None:
+        arrays.update(mu_s=spatial.mu, sigma_s=spatial.sigma)
+    if include_images:
+        arrays["arr_0"] = np.concatenate(images)
+    meta = {"source": source, "resolution": resolution, "num_images": pool_stats.n,
+            "extractor": getattr(extractor, "name", type(extractor).__name__), "crop": "adm-center-crop"}
+    arrays["meta"] = np.array(json.dumps(meta))
+    write_npz(out, **arrays)
+    return Reference(pool, spatial, arrays["pool_features"], out, pool_stats.n)
