@@ -1,0 +1,227 @@
+"""The selective scan of Mamba (S6), with backends chosen at run time.
+
+For every batch b, channel d and state n, over time t:
+
+    h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t        (h_0 = 0)
+    y_t = sum_n C_t,n * h_t,n + D * u_t
+
+with ``delta = softplus(delta + delta_bias)`` when asked. B and C are grouped: G groups of D / G
+channels share one (N, L) input (SS2D uses one group per scan direction).
+
+Backends:
+  * ``"torch"``: the project's own chunked scan (below); float32 state whatever the input dtype,
+    correct for every L, a hand-written backward that recomputes the states instead of storing
+    an autograd graph per time step.
+  * ``"mamba_ssm"``: ``mamba_ssm.selective_scan_fn`` (the CUDA kernel).
+  * ``"reference"``: a plain loop over time in the input dtype, for tests and benchmarks.
+  * ``"auto"``: ``mamba_ssm`` when it imports and the tensors are on a GPU, else ``torch``.
+
+The torch scan works time-major, (L, batch, groups, channels per group, N), so that one time step
+of every chunk is a contiguous block. The sequence is cut into chunks of about sqrt(L) steps;
+a loop over the steps inside a chunk runs all chunks at once, then a short loop over the chunks
+carries each chunk's final state into the next, weighted by the chunk-local decay
+exp(cumsum(delta * A)) (which only ever underflows, never overflows). That is about 2 sqrt(L)
+vectorised steps instead of L.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "torch", "mamba_ssm", "reference")
+
+
+@functools.lru_cache(maxsize=1)
+def _mamba_ssm_scan():
+    """``mamba_ssm``'s selective_scan_fn, or None when the package (or its CUDA build) is missing."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or an OSError/RuntimeError from a broken CUDA extension
+        return None
+    return selective_scan_fn
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend that ``backend`` means for tensors on ``device``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown selective-scan backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        return "mamba_ssm" if device.type == "cuda" and _mamba_ssm_scan() is not None else "torch"
+    if backend == "mamba_ssm" and _mamba_ssm_scan() is None:
+        raise RuntimeError("selective-scan backend 'mamba_ssm' requested but mamba_ssm does not import "
+                           "(install the 'cuda' extra on a GPU machine)")
+    return backend
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Selective scan (same signature and layout as ``mamba_ssm.selective_scan_fn``).
+
+    u, delta: (batch, D, L); A: (D, N); B, C: (batch, G, N, L) with D divisible by G;
+    D, delta_bias: (D,) or None. Returns y: (batch, D, L) in u's dtype (float32 for the torch
+    backend's internal state whatever the dtype).
+    """
+    _check_shapes(u, delta, A, B, C, D, delta_bias)
+    backend = resolve_backend(backend, u.device)
+    if backend == "mamba_ssm":
+        return _mamba_ssm_scan()(u, delta, A, B, C, D, None, delta_bias, delta_softplus)
+    if backend == "reference":
+        return selective_scan_reference(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    if D is None:
+        D = u.new_zeros(u.shape[1])
+    if delta_bias is None:
+        delta_bias = u.new_zeros(u.shape[1])
+    y = _ChunkedSelectiveScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return y.to(u.dtype)
+
+
+def _check_shapes(u, delta, A, B, C, D, delta_bias) -> None:
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"u and delta must both be (batch, D, L); got {tuple(u.shape)} and {tuple(delta.shape)}")
+    batch, dim, length = u.shape
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"A must be (D={dim}, N); got {tuple(A.shape)}")
+    n = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() != 4 or t.shape[0] != batch or t.shape[2] != n or t.shape[3] != length or dim % t.shape[1]:
+            raise ValueError(f"{name} must be (batch={batch}, G, N={n}, L={length}) with G dividing D={dim}; "
+                             f"got {tuple(t.shape)}")
+    if B.shape[1] != C.shape[1]:
+        raise ValueError(f"B and C must have the same number of groups; got {B.shape[1]} and {C.shape[1]}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (dim,):
+            raise ValueError(f"{name} must be ({dim},); got {tuple(t.shape)}")
+
+
+def selective_scan_reference(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
+    """The scan as a loop over every time step, in the input dtype (tests and benchmarks only).
+
+    Written the way ``mamba_ssm``'s ``selective_scan_ref`` is: discretise all steps up front,
+    then one state update and one contraction with C per step; autograd differentiates it.
+    """
+    dtype_in = u.dtype
+    batch, dim, length = u.shape
+    groups = B.shape[1]
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    B = B.repeat_interleave(dim // groups, dim=1)  # (batch, D, N, L)
+    C = C.repeat_interleave(dim // groups, dim=1)
+    delta_A = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    delta_B_u = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)
+    h = u.new_zeros(batch, dim, A.shape[1])
+    ys = []
+    for t in range(length):
+        h = delta_A[:, :, t] * h + delta_B_u[:, :, t]
+        ys.append(torch.einsum("bdn,bdn->bd", h, C[:, :, :, t]))
+    y = torch.stack(ys, dim=2)
+    if D is not None:
+        y = y + u * D[:, None]
+    return y.to(dtype_in)
+
+
+def _linear_scan(log_a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """h_t = exp(log_a_t) * h_{t-1} + b_t along dim 0 (h_{-1} = 0), chunked; float32 in and out.
+
+    log_a, b: (L, ...) broadcastable to each other's shape; returns h with b's full shape.
+    """
+    length = b.shape[0]
+    chunk = max(1, math.isqrt(length - 1) + 1) if length > 1 else 1
+    n_chunks = -(-length // chunk)
+    pad = n_chunks * chunk - length
+    shape = torch.broadcast_shapes(log_a.shape, b.shape)
+    log_a = log_a.expand(shape)
+    b = b.expand(shape)
+    if pad:  # padding at the end cannot influence earlier states
+        log_a = torch.cat([log_a, log_a.new_zeros(pad, *shape[1:])])
+        b = torch.cat([b, b.new_zeros(pad, *shape[1:])])
+    log_a = log_a.reshape(n_chunks, chunk, *shape[1:])
+    a = torch.exp(log_a)
+    h = b.reshape(n_chunks, chunk, *shape[1:]).clone()
+    for t in range(1, chunk):  # every chunk at once, from a zero state
+        h[:, t].addcmul_(a[:, t], h[:, t - 1])
+    if n_chunks > 1:
+        decay = torch.exp(torch.cumsum(log_a, dim=1))  # prod of a over the chunk up to t
+        carry = torch.zeros_like(h[:, 0])  # the true state entering each chunk
+        for c in range(1, n_chunks):
+            carry[c] = decay[c - 1, -1] * carry[c - 1] + h[c - 1, -1]
+        h.addcmul_(decay, carry[:, None])
+    return h.reshape(n_chunks * chunk, *shape[1:])[:length]
+
+
+class _ChunkedSelectiveScan(torch.autograd.Function):
+    """The torch backend: forward by :func:`_linear_scan`, backward by the reverse-time scan
+    g_t = C_t dy_t + a_{t+1} g_{t+1} of the adjoint state, recomputing h rather than storing it."""
+
+    @staticmethod
+    def _discretise(u, delta, A, B, delta_bias, delta_softplus, groups):
+        """Time-major float32 views: (L, batch, G, D/G, 1) for u and delta, (L, batch, G, 1, N) for B."""
+        batch, dim, length = u.shape
+
+        def time_major(x):  # (batch, D, L) -> (L, batch, G, D/G, 1)
+            return x.float().permute(2, 0, 1).reshape(length, batch, groups, dim // groups, 1)
+
+        dt_raw = time_major(delta) + delta_bias.float().view(groups, dim // groups, 1)
+        dt = F.softplus(dt_raw) if delta_softplus else dt_raw
+        A32 = A.float().view(groups, dim // groups, -1)
+        Bt = B.float().permute(3, 0, 1, 2).unsqueeze(3)
+        return time_major(u), dt_raw, dt, A32, Bt
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
+        groups = B.shape[1]
+        u_t, _, dt, A32, Bt = _ChunkedSelectiveScan._discretise(u, delta, A, B, delta_bias, delta_softplus, groups)
+        h = _linear_scan(dt * A32, (dt * u_t) * Bt)  # (L, batch, G, D/G, N)
+        Ct = C.float().permute(3, 0, 1, 2).unsqueeze(3)
+        y = (h * Ct).sum(-1) + u_t.squeeze(-1) * D.float().view(groups, -1)  # (L, batch, G, D/G)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        ctx.delta_softplus = delta_softplus
+        return y.reshape(y.shape[0], y.shape[1], -1).permute(1, 2, 0)
+
+    @staticmethod
+    def backward(ctx, dy):
+        u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
+        groups = B.shape[1]
+        batch, dim, length = u.shape
+        u_t, dt_raw, dt, A32, Bt = _ChunkedSelectiveScan._discretise(
+            u, delta, A, B, delta_bias, ctx.delta_softplus, groups)
+        Ct = C.float().permute(3, 0, 1, 2).unsqueeze(3)
+        dy_t = dy.float().permute(2, 0, 1).reshape(length, batch, groups, dim // groups, 1)
+        log_a = dt * A32
+        h = _linear_scan(log_a, (dt * u_t) * Bt)
+        # Adjoint state, backwards in time: g_t = C_t dy_t + a_{t+1} g_{t+1}.
+        log_a_next = torch.cat([log_a[1:], torch.zeros_like(log_a[:1])])
+        g = _linear_scan(log_a_next.flip(0), (Ct * dy_t).flip(0)).flip(0)
+        h_prev = torch.cat([torch.zeros_like(h[:1]), h[:-1]])
+        da_a = g * h_prev * torch.exp(log_a)  # dL/d(log a_t)
+        dC = (h * dy_t).sum(3)  # (L, batch, G, N)
+        gB = g * Bt
+        d_dt = (da_a * A32).sum(-1, keepdim=True) + (gB * u_t).sum(-1, keepdim=True)
+        dA = (da_a * dt).sum((0, 1)).reshape(dim, -1)
+        dB = (g * (dt * u_t)).sum(3)
+        du = (gB * dt).sum(-1, keepdim=True) + dy_t * D.float().view(groups, -1, 1)
+        dD = (dy_t * u_t).sum((0, 1)).reshape(dim)
+        if ctx.delta_softplus:
+            d_dt = d_dt * torch.sigmoid(dt_raw)
+        d_bias = d_dt.sum((0, 1)).reshape(dim)
+
+        def batch_major(x):  # (L, batch, G, D/G, 1) -> (batch, D, L)
+            return x.reshape(length, batch, dim).permute(1, 2, 0)
+
+        return (batch_major(du).to(u.dtype), batch_major(d_dt).to(delta.dtype), dA.to(A.dtype),
+                dB.permute(1, 2, 3, 0).to(B.dtype), dC.permute(1, 2, 3, 0).to(C.dtype), dD.to(D.dtype),
+                d_bias.to(delta_bias.dtype), None)
