@@ -77,7 +77,8 @@ class SS2D(nn.Module):
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, n, n], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(dts.dtype))
         # The scan always runs in float32, whatever the autocast dtype.
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        autocast_device = "cpu" if x.device.type == "meta" else x.device.type  # meta: FLOP counting
+        with torch.autocast(device_type=autocast_device, enabled=False):
             ys = selective_scan(
                 xs.float().reshape(b, k * d, length), dts.float().reshape(b, k * d, length),
                 -torch.exp(self.A_logs.float()), bs.float().contiguous(), cs.float().contiguous(),
