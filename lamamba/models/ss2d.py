@@ -65,7 +65,8 @@ class SS2D(nn.Module):
         z = F.silu(z)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
         y = self.scan_2d(x)  # (B, d_inner, H*W), float32
-        y = self.out_norm(y.transpose(1, 2).reshape(b, h, w, self.d_inner)) * z
+        # The scan runs in float32; come back to the block's dtype (bf16 weights under DeepSpeed).
+        y = self.out_norm(y.transpose(1, 2).reshape(b, h, w, self.d_inner).to(z.dtype)) * z
         return self.out_proj(y)
 
     def scan_2d(self, x: torch.Tensor) -> torch.Tensor:
