@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from launcher.commands import COMMANDS
+from launcher.errors import LaunchError
 from lamamba.config import ConfigError
 
 
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"lamamba {args.command}: config error: {err}", file=sys.stderr)
         return 2
+    except LaunchError as err:
+        print(f"lamamba {args.command}: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"lamamba {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,1 @@
+"""Cluster templates and configs: SLURM (sbatch), Ray (AWS autoscaler) and KubeRay manifests."""

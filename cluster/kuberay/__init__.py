@@ -1,0 +1,1 @@
+"""Templates for kuberay; see the README in this folder."""

@@ -1,0 +1,1 @@
+"""Templates for ray; see the README in this folder."""

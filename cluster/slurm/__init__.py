@@ -1,0 +1,1 @@
+"""Templates for slurm; see the README in this folder."""

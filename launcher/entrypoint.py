@@ -1,0 +1,146 @@
+"""The process every backend starts for a run: ``python -m launcher.entrypoint JOB --run-dir DIR``.
+
+It reads the config the launcher saved in ``<run_dir>/launch/config.yaml`` (fetched to a local
+file when the run dir is remote), starts the job with ``run_dir`` set, and records the outcome in
+``<run_dir>/launch/outcome.json`` (plus the ``FINISHED`` marker on success). Training runs one
+process per GPU under torchrun, its rendezvous chosen by ``--rendezvous``:
+
+- ``standalone``: all ranks on this machine (the local backend);
+- ``slurm``: this process is one node task of an sbatch job; node rank, master host and port
+  come from the SLURM environment (:mod:`launcher.slurm_env`);
+- ``ray``: this process is a Ray job's driver; one torchrun per node is placed on the cluster
+  (:mod:`launcher.ray_torchrun`).
+
+A failed attempt is started again, up to ``--max-restarts`` times; the jobs resume by
+themselves (training from its newest committed checkpoint, encode and sample by skipping
+finished shards), so a restart loses at most the work since the last checkpoint. SIGTERM (a
+cancel) stops the job and is recorded as STOPPED, without a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+from lamamba import storage
+from launcher import runs
+from launcher.jobs import JOBS, job_command
+
+
+def torchrun_prefix(python: str, nnodes: int, nproc_per_node: int, node_rank: int = 0,
+                    master_addr: str = "", master_port: int = 0, log_dir: str = "") -> list[str]:
+    """``python -m torch.distributed.run ...`` for one node; a single node uses a standalone store."""
+    cmd = [python, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}"]
+    if nnodes == 1 and not master_addr:
+        cmd += ["--standalone", "--nnodes=1"]
+    else:
+        cmd += [f"--nnodes={nnodes}", f"--node-rank={node_rank}",
+                f"--master-addr={master_addr}", f"--master-port={master_port}"]
+    if log_dir:  # per-rank stdout/stderr files, also teed to this process's output
+        cmd += [f"--log-dir={log_dir}", "--tee=3"]
+    return cmd
+
+
+def rank_log_dir(run_dir: str, node_rank: int) -> str:
+    """Where torchrun writes the per-rank logs of one node ('' when the run dir is remote)."""
+    return storage.join(run_dir, "logs", "ranks", f"node{node_rank}") if storage.is_local(run_dir) else ""
+
+
+def local_config(run_dir: str) -> str:
+    """A local path to the run's saved config (a temp copy when the run dir is a URL)."""
+    url = runs.RunPaths(run_dir).config
+    if storage.is_local(url):
+        return url
+    fd, path = tempfile.mkstemp(prefix="lamamba-config-", suffix=".yaml")
+    with os.fdopen(fd, "wb") as f:
+        f.write(storage.read_bytes(url))
+    return path
+
+
+class Supervisor:
+    """Runs the job command, forwards SIGTERM/SIGINT to it, and starts it again after a failure."""
+
+    def __init__(self, max_restarts: int):
+        self.max_restarts = max_restarts
+        self.child: subprocess.Popen | None = None
+        self.stopping = False
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stopping = True
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)
+
+    def run(self, cmd: list[str]) -> tuple[str, int, int]:
+        """Run attempts until one succeeds, a stop is asked, or restarts run out.
+
+        Returns (state, exit code of the last attempt, attempts).
+        """
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        attempt, rc = 0, 1
+        while attempt <= self.max_restarts and not self.stopping:
+            attempt += 1
+            if attempt > 1:
+                print(f"[lamamba] attempt {attempt - 1} failed with exit code {rc}; restart "
+                      f"{attempt - 1}/{self.max_restarts}, resuming from the last complete checkpoint",
+                      flush=True)
+            print(f"[lamamba] starting: {subprocess.list2cmdline(cmd)}", flush=True)
+            self.child = subprocess.Popen(cmd)
+            rc = self.child.wait()
+            if self.stopping:  # cancelled: a job that checkpointed and exited 0 has not finished
+                return runs.STOPPED, rc, attempt
+            if rc == 0:
+                return runs.SUCCEEDED, 0, attempt
+        return runs.FAILED, rc, attempt
+
+
+def job_process_command(args: argparse.Namespace, config: str) -> tuple[list[str], int]:
+    """The command this entrypoint supervises, and this node's rank."""
+    job = job_command(args.job, config, args.run_dir, python=args.python)
+    module_args = job[1:]  # "-m launcher.cli JOB CONFIG run_dir=..."
+    if not JOBS[args.job].distributed:
+        return job, 0
+    if args.rendezvous == "standalone":
+        log_dir = rank_log_dir(args.run_dir, 0)
+        return torchrun_prefix(args.python, 1, args.nproc_per_node, log_dir=log_dir) + module_args, 0
+    if args.rendezvous == "slurm":
+        from launcher.slurm_env import rendezvous_from_env
+
+        rdzv = rendezvous_from_env(os.environ)
+        prefix = torchrun_prefix(args.python, rdzv.nnodes, args.nproc_per_node, rdzv.node_rank, rdzv.master_addr,
+                                 rdzv.master_port, rank_log_dir(args.run_dir, rdzv.node_rank))
+        return prefix + module_args, rdzv.node_rank
+    from launcher.ray_torchrun import ray_torchrun_command
+
+    return ray_torchrun_command(args.python, args.nnodes, args.nproc_per_node, module_args), 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m launcher.entrypoint", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("job", choices=sorted(JOBS))
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--rendezvous", choices=("standalone", "slurm", "ray"), default="standalone")
+    p.add_argument("--nnodes", type=int, default=1)
+    p.add_argument("--nproc-per-node", type=int, default=1)
+    p.add_argument("--max-restarts", type=int, default=0)
+    p.add_argument("--python", default=sys.executable, help="interpreter of the job processes")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cmd, node_rank = job_process_command(args, local_config(args.run_dir))
+    state, rc, attempts = Supervisor(args.max_restarts).run(cmd)
+    print(f"[lamamba] {args.job} {state.lower()} (exit code {rc}, {attempts} attempt(s))", flush=True)
+    if node_rank == 0:  # last: whoever sees the outcome also sees the whole log
+        runs.write_outcome(args.run_dir, state, rc, attempts)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
