@@ -98,18 +98,20 @@ def _run_local(todo: list[PlannedShard], cfg: EncodeConfig, on_done) -> dict[str
     return failures
 
 
-def _init_ray(cfg: EncodeConfig) -> bool:
-    """Start or join Ray unless this process already did; returns whether we must shut it down."""
+def init_ray(address: str = "", num_cpus: int = 0) -> bool:
+    """Start a local Ray (``num_cpus``, 0 = all cores) or join ``address``, unless this process
+    already has Ray initialised; returns whether the caller started it (and must shut it down)."""
     import ray
 
     if ray.is_initialized():
         return False
+    if address:
+        ray.init(address=address)
+        return True
     # Local workers import data_pipeline from this checkout even when it is not pip-installed.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    runtime_env = {"env_vars": {"PYTHONPATH": path}} if not cfg.ray.address else None
-    ray.init(address=cfg.ray.address or None, num_cpus=(cfg.ray.num_cpus or None) if not cfg.ray.address else None,
-             runtime_env=runtime_env, log_to_driver=True, include_dashboard=False)
+    ray.init(num_cpus=num_cpus or None, runtime_env={"env_vars": {"PYTHONPATH": path}}, include_dashboard=False)
     return True
 
 
@@ -185,7 +187,7 @@ def _run(cfg: EncodeConfig, started: float) -> EncodeSummary:
         elif cfg.ray.num_workers == 0:
             failures = _run_local(todo, cfg, on_done)
         else:
-            shutdown = _init_ray(cfg)
+            shutdown = init_ray(cfg.ray.address, cfg.ray.num_cpus)
             try:
                 failures = _run_ray(todo, cfg, on_done)
             finally:

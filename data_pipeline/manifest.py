@@ -43,7 +43,7 @@ def read_marker(output: str, shard: PlannedShard, storage_options: dict | None,
     tar = storage.join(output, shard.tar_name)
     try:
         record = json.loads(storage.read_bytes(marker, storage_options))
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         return None
     except (ValueError, UnicodeDecodeError):
         return None  # a damaged marker: redo the shard

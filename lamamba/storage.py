@@ -63,11 +63,16 @@ def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = 
         if parent:
             os.makedirs(parent, exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):  # a failed write leaves nothing behind
+                os.remove(tmp)
+            raise
     else:
         fs.pipe_file(path, data)
 
