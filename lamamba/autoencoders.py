@@ -8,7 +8,8 @@ Three kinds share one interface (:class:`Autoencoder`):
 - ``"tiny-vae"``: an ``AutoencoderKL`` of the same latent shape (4 channels, /8) with a few
   thousand random weights drawn from a fixed seed, so every process builds the same network. For
   tests and benchmarks; its scale factor is the SD VAE's so downstream code takes the same path.
-- ``"identity"``: pixel-space "latents" (the image itself, zero variance), scale factor 1. The
+- ``"identity"``: pixel-space "latents" (the image itself; log-variance -inf, i.e. std exactly 0,
+  so stored latents reproduce the pixels), scale factor 1. The
   quickstart uses it on 1-channel digits.
 
 ``encode_moments`` returns the *unscaled* posterior moments; ``decode`` takes unscaled latents,
@@ -23,8 +24,6 @@ from typing import Literal
 import torch
 
 SD_VAE_SCALE_FACTOR = 0.18215
-# diffusers clamps the posterior log-variance to [-30, 20]; the identity "posterior" sits at the floor.
-_MIN_LOGVAR = -30.0
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -81,7 +80,7 @@ class Autoencoder:
             raise ValueError(f"{self.name}: expected images (B, {self.image_channels}, H, W), got {tuple(images.shape)}")
         if self.vae is None:
             mean = images.to(self.device, torch.float32)
-            return mean, torch.full_like(mean, _MIN_LOGVAR)
+            return mean, torch.full_like(mean, float("-inf"))
         posterior = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
         return posterior.mean.float(), posterior.logvar.float()
 

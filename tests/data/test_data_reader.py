@@ -1,0 +1,129 @@
+"""LatentLoader: deterministic global order, rank slicing, resume, keyed draws, workers, corrupt shards."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from data_pipeline.preprocess import to_model_input
+from data_pipeline.sources import DIGITS_PREFIX, SourceItem, digits_split, load_image
+from lamamba.autoencoders import AutoencoderConfig, build_autoencoder
+from lamamba.data import LatentLoader, ShardError
+from lamamba.rng import PerSampleGenerators
+
+from conftest import encode
+
+G = 6  # global batch; the dataset has 18 items, so 3 steps per epoch
+
+
+def take(loader, steps):
+    it = iter(loader)
+    return [next(it) for _ in range(steps)]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def test_global_batches_independent_of_ranks_and_workers(tiny_vae_dataset, cache):
+    single = take(LatentLoader(tiny_vae_dataset, G, 0, 1, seed=7, cache_dir=cache), 8)
+    ranks = [take(LatentLoader(tiny_vae_dataset, G, r, 2, seed=7, cache_dir=cache), 8) for r in range(2)]
+    workers = take(LatentLoader(tiny_vae_dataset, G, 0, 1, seed=7, num_workers=2, cache_dir=cache), 8)
+    for step, batch in enumerate(single):
+        assert batch["x"].shape == (G, 4, 4, 4) and batch["x"].dtype == torch.float32
+        for key in batch:
+            joined = torch.cat([ranks[0][step][key], ranks[1][step][key]])
+            torch.testing.assert_close(joined, batch[key], rtol=0, atol=0)
+            torch.testing.assert_close(workers[step][key], batch[key], rtol=0, atol=0)
+    other_seed = take(LatentLoader(tiny_vae_dataset, G, 0, 1, seed=8, cache_dir=cache), 1)
+    assert not torch.equal(other_seed[0]["index"], single[0]["index"])
+
+
+def test_resume_from_any_step_matches_straight_run(tiny_vae_dataset, cache):
+    loader = LatentLoader(tiny_vae_dataset, G, 1, 2, seed=1, cache_dir=cache)
+    straight = take(loader, 7)
+    assert loader.samples_consumed == 7 * G
+    for step in range(7):
+        resumed = LatentLoader(tiny_vae_dataset, G, 1, 2, seed=1, start_sample=step * G, cache_dir=cache)
+        for later, batch in enumerate(take(resumed, 7 - step)):
+            for key in batch:
+                torch.testing.assert_close(batch[key], straight[step + later][key], rtol=0, atol=0)
+        assert resumed.samples_consumed == 7 * G
+
+
+def test_each_sample_once_per_epoch_and_draws_change_between_epochs(tiny_vae_dataset, cache):
+    loader = LatentLoader(tiny_vae_dataset, 4, 0, 1, seed=5, cache_dir=cache)  # 4 does not divide 18
+    n = loader.manifest["num_items"]
+    batches = take(loader, 3 * n // 4 + 1)
+    index = torch.cat([b["index"] for b in batches])[:3 * n]
+    epoch = torch.cat([b["epoch"] for b in batches])[:3 * n]
+    x = torch.cat([b["x"] for b in batches])[:3 * n]
+    for e in range(3):
+        assert sorted(index[epoch == e].tolist()) == list(range(n))
+        assert torch.equal(epoch[e * n:(e + 1) * n], torch.full((n,), e))
+    assert not torch.equal(index[:n], index[n:2 * n])  # a new order each epoch
+
+    # x is the keyed draw: flip and posterior noise from (seed, index, epoch).
+    moments = torch.from_numpy(np.array(loader.arrays.moments)).float()
+    keys = list(zip(index.tolist(), epoch.tolist()))
+    flip = PerSampleGenerators(5, "flip", keys).randint(2)
+    eps = PerSampleGenerators(5, "posterior", keys).randn((4, 4, 4))
+    chosen = moments[index, flip]
+    expected = (chosen[:, 0] + chosen[:, 1] * eps) * loader.manifest["scale_factor"]
+    torch.testing.assert_close(x, expected, rtol=0, atol=0)
+
+    by_sample = {}
+    for i, (idx, e) in enumerate(keys):
+        by_sample.setdefault(idx, {})[e] = (int(flip[i]), x[i])
+    assert len({f for d in by_sample.values() for f, _ in d.values()}) == 2
+    assert any(d[0][0] != d[1][0] for d in by_sample.values())  # flips change between epochs
+    assert all(not torch.equal(d[0][1], d[1][1]) for d in by_sample.values())  # so do posterior draws
+
+
+def test_corrupt_or_truncated_shard_names_the_shard(tiny_vae_dataset, tmp_path):
+    for damage in ("truncate", "flip_bytes"):
+        copy = tmp_path / damage
+        shutil.copytree(tiny_vae_dataset, copy)
+        shard = copy / "shard-000002.tar"
+        data = bytearray(shard.read_bytes())
+        if damage == "truncate":
+            data = data[:len(data) // 2]
+        else:
+            data[600:700] = bytes(100)
+        shard.write_bytes(bytes(data))
+        with pytest.raises(ShardError, match="shard-000002.tar"):
+            LatentLoader(str(copy), G, 0, 1, seed=0, cache_dir=str(tmp_path / f"cache_{damage}"))
+
+
+def test_bad_arguments_are_named(tiny_vae_dataset, cache):
+    with pytest.raises(ValueError, match="world_size"):
+        LatentLoader(tiny_vae_dataset, 5, 0, 2, seed=0, cache_dir=cache)
+    with pytest.raises(FileNotFoundError, match="no manifest"):
+        LatentLoader(cache + "/nowhere", 4, 0, 1, seed=0, cache_dir=cache)
+
+
+def test_digits_identity_round_trip(tmp_path):
+    train, test = digits_split("train"), digits_split("test")
+    assert len(train) + len(test) == 1797 and not set(train) & set(test)
+    assert np.array_equal(np.sort(np.concatenate([train, test])), digits_split("all"))
+
+    cfg, summary = encode(tmp_path / "run", "source.kind=digits", "source.split=test", "autoencoder.kind=identity",
+                          "autoencoder.image_channels=1", "resolution=16", "shard_size=200", "ray.num_workers=0")
+    assert summary.images == len(test) == 450 and summary.skipped_images == 0
+    loader = LatentLoader(cfg.output_url, 450, 0, 1, seed=2, cache_dir=str(tmp_path / "cache"))
+    assert (loader.manifest["channels"], loader.manifest["latent_size"], loader.manifest["scale_factor"]) == (1, 16, 1.0)
+    batch = next(iter(loader))
+    assert batch["x"].shape == (450, 1, 16, 16) and batch["x"].abs().max() <= 1.0
+
+    identity = build_autoencoder(AutoencoderConfig(kind="identity", image_channels=1))
+    flips = PerSampleGenerators(2, "flip", list(zip(batch["index"].tolist(), batch["epoch"].tolist()))).randint(2)
+    for row in range(0, 450, 37):
+        dataset_index = int(batch["index"][row])
+        key = f"{DIGITS_PREFIX}{test[dataset_index]:04d}"
+        image = to_model_input(load_image(SourceItem(key, 0)), 16, 1)
+        if flips[row]:
+            image = image.flip(-1)
+        torch.testing.assert_close(batch["x"][row], image, rtol=0, atol=1e-3)  # float16 storage
+        torch.testing.assert_close(identity.decode(batch["x"][row:row + 1])[0], batch["x"][row])
