@@ -1,0 +1,149 @@
+"""The training job's config: one dataclass tree, loaded with :func:`lamamba.config.load_config`.
+
+``lamamba train configs/train/s_256.yaml optim.lr=2e-4`` builds a :class:`TrainConfig` from the
+YAML file and the dotted overrides. The defaults are the paper's recipe (AdamW, lr 1e-4 constant,
+no weight decay, global batch 256, EMA 0.9999); the model, diffusion and autoencoder sections are
+the configs of those components, nested as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lamamba.autoencoders import AutoencoderConfig
+from lamamba.diffusion import DiffusionConfig
+from lamamba.models import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the latent shards are (the manifest written by ``lamamba encode``)."""
+
+    manifest: str = ""
+    num_workers: int = 0
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a constant learning rate after an optional linear warm-up."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # global grad-norm clipping; 0 disables it
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError(f"optim: lr must be > 0 and weight_decay, warmup_steps, grad_clip >= 0, got {self}")
+
+
+@dataclass
+class EngineConfig:
+    """DeepSpeed: ZeRO stage, precision, micro-batching and activation checkpointing."""
+
+    zero_stage: Literal[1, 2, 3] = 2
+    precision: Literal["bf16", "fp32"] = "bf16"
+    # Per-rank micro-batch; each rank's share of the global batch (global_batch / world_size) is
+    # split into micro-batches of this size and their gradients accumulated. 0 = no accumulation.
+    micro_batch: int = 0
+    # "none", "all" or a comma list of stage names ("enc0".."enc3", "mid", "dec0".."dec3").
+    activation_checkpointing: str = "none"
+    # A DeepSpeed JSON to start from instead of ds_configs/zero{zero_stage}.json.
+    ds_config: str = ""
+    # torch.distributed backend; "" picks nccl on GPU, gloo on CPU.
+    backend: Literal["", "nccl", "gloo"] = ""
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving averages of the fp32 weights; the first decay is the one exported."""
+
+    decays: tuple[float, ...] = (0.9999,)
+
+    def __post_init__(self):
+        if not self.decays or any(not 0.0 <= d < 1.0 for d in self.decays):
+            raise ValueError(f"ema.decays: need at least one decay in [0, 1), got {list(self.decays)}")
+
+
+@dataclass
+class CheckpointConfig:
+    """Where and how often checkpoints are written (a local path or an s3:// URL)."""
+
+    dir: str = ""  # default <run_dir>/checkpoints
+    every_steps: int = 5000
+    keep_last: int = 3
+    resume: bool = True  # resume from the newest committed checkpoint in `dir`
+    # Also write full (unsharded) fp32 weights and Adam moments, which lets a run resume on a
+    # different number of ranks with the same global batch.
+    consolidated: bool = True
+    staging_dir: str = ""  # local scratch for remote (s3://) checkpoints; default a temp dir
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.every_steps < 1 or self.keep_last < 1:
+            raise ValueError(f"checkpoint: every_steps and keep_last must be >= 1, got {self}")
+
+
+@dataclass
+class PreemptionConfig:
+    """Stop cleanly (checkpoint, exit 0) on a signal or when the wall-clock budget is spent."""
+
+    signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
+    time_budget_s: float = 0.0  # 0 = no budget; leave room for one checkpoint save
+
+
+@dataclass
+class NumericsConfig:
+    """Non-finite steps are skipped; this many in a row stop the run."""
+
+    max_consecutive_skips: int = 10
+
+
+@dataclass
+class MonitorConfig:
+    """Logging: text lines, metrics.jsonl and TensorBoard (rank 0), EMA sample grids."""
+
+    log_every: int = 100
+    tensorboard: bool = True
+    sample_every: int = 10000  # steps between EMA sample grids; 0 = never
+    sample_count: int = 16
+    sample_steps: int = 25  # DDIM steps for the grid
+    sample_cfg_scale: float = 4.0
+    # Peak dense throughput of one device in TFLOP/s for MFU (989 = H100 SXM bf16); 0 = no MFU.
+    peak_tflops: float = 989.0
+
+
+@dataclass
+class TrainConfig:
+    """A training run: model, diffusion, data, optimiser, engine and the run's bookkeeping."""
+
+    run_dir: str = "runs/train"
+    seed: int = 0
+    global_batch: int = 256
+    max_steps: int = 400_000
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    # Decodes the EMA sample grids to images; None shows the latents' first channels.
+    autoencoder: AutoencoderConfig | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    preemption: PreemptionConfig = field(default_factory=PreemptionConfig)
+    numerics: NumericsConfig = field(default_factory=NumericsConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+
+    def __post_init__(self):
+        if self.global_batch < 1 or self.max_steps < 0:
+            raise ValueError(f"global_batch must be >= 1 and max_steps >= 0, got {self.global_batch}, {self.max_steps}")
+
+    @property
+    def checkpoint_dir(self) -> str:
+        from lamamba import storage
+
+        return self.checkpoint.dir or storage.join(self.run_dir, "checkpoints")

@@ -1,0 +1,280 @@
+"""The training loop, composing the pieces of this package:
+
+config -> distributed world -> data (LatentLoader at the checkpoint's sample cursor) -> model ->
+DeepSpeed engine -> EMA -> checkpointer / preemption watcher / numerics guard / monitors.
+
+Every random draw that touches a sample (timestep, diffusion noise, label drop; the reader does
+the flip and the posterior noise) is keyed by (seed, dataset index, epoch), so the per-sample
+losses do not depend on the number of ranks and a resumed run repeats the straight run exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+import yaml
+
+from lamamba import storage
+from lamamba.config import ConfigError, config_hash, to_dict
+from lamamba.rng import PerSampleGenerators
+from lamamba.training.checkpointer import Checkpointer, step_dir_name
+from lamamba.training.config import TrainConfig
+from lamamba.training.distributed import World, all_reduce_sum, init_distributed, shutdown
+from lamamba.training.ema import EMA
+from lamamba.training.engine import build_engine, plan_batches
+from lamamba.training.monitors import NUM_QUARTERS, IntervalMeter, MetricsSinks, StepStats, format_line
+from lamamba.training.numerics import NumericsGuard
+from lamamba.training.preemption import PreemptionWatcher
+
+log = logging.getLogger("lamamba.train")
+
+# Layout of the per-step all-reduced vector.
+_LOSS, _MSE, _VB, _COUNT, _STOP = 0, 1, 2, 3, 4
+_QSUM = 5
+_QCOUNT = _QSUM + NUM_QUARTERS
+_VECTOR = _QCOUNT + NUM_QUARTERS
+
+
+def setup_logging(run_dir: str, world: World) -> None:
+    """Rank 0 logs INFO to stderr and <run_dir>/train.log; other ranks log warnings, prefixed."""
+    log.handlers.clear()
+    log.propagate = False
+    fmt = logging.Formatter(f"%(asctime)s [rank {world.rank}] %(levelname)s %(message)s", "%H:%M:%S")
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(fmt)
+    log.addHandler(stream)
+    log.setLevel(logging.INFO if world.is_main else logging.WARNING)
+    if world.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        handler = logging.FileHandler(os.path.join(run_dir, "train.log"))
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (run_dir excluded)."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b and f"{prefix}{key}" != "run_dir":
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
+class Trainer:
+    """One training run of ``cfg`` on this process's rank of ``world``."""
+
+    def __init__(self, cfg: TrainConfig, world: World):
+        from lamamba.data import LatentLoader
+        from lamamba.diffusion import create_diffusion
+        from lamamba.models import build_model
+        from lamamba.models.flops import count_flops
+
+        self.cfg = cfg
+        self.world = world
+        self.device = world.device
+        self.plan = plan_batches(cfg.global_batch, world.world_size, cfg.engine.micro_batch)
+        self.config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+        self.config_hash = config_hash(cfg)
+        if world.is_main:
+            os.makedirs(cfg.run_dir, exist_ok=True)
+            with open(os.path.join(cfg.run_dir, "config.yaml"), "w") as f:
+                f.write(self.config_yaml)
+            with open(os.path.join(cfg.run_dir, "config_hash"), "w") as f:
+                f.write(self.config_hash + "\n")
+
+        self.checkpointer = Checkpointer(cfg.checkpoint_dir, world, cfg.checkpoint.keep_last,
+                                         cfg.checkpoint.staging_dir, cfg.checkpoint.storage_options,
+                                         cfg.checkpoint.consolidated, log=log.info)
+        self.resume_step = self.checkpointer.find_resume_step() if cfg.checkpoint.resume else None
+        resume_state = self.checkpointer.read_state(self.resume_step) if self.resume_step is not None else {}
+
+        if not cfg.data.manifest:
+            raise ConfigError("data.manifest: no latent manifest given (the output of `lamamba encode`)")
+        self.loader = LatentLoader(cfg.data.manifest, cfg.global_batch, world.rank, world.world_size, cfg.seed,
+                                   start_sample=resume_state.get("samples_consumed", 0),
+                                   num_workers=cfg.data.num_workers, storage_options=cfg.data.storage_options)
+        self.manifest = self.loader.manifest
+        self._check_compatible(resume_state)
+
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        model = build_model(cfg.model)
+        model.set_activation_checkpointing(cfg.engine.activation_checkpointing)
+        num_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
+        self.engine = build_engine(model, cfg, self.plan)
+        self.dtype = torch.bfloat16 if cfg.engine.precision == "bf16" else torch.float32
+        self.ema = EMA(self.engine.module, cfg.ema.decays, keep=world.is_main)
+        self.diffusion = create_diffusion(**dataclasses.asdict(cfg.diffusion))
+
+        self.step = 0
+        skipped = 0
+        if self.resume_step is not None:
+            state = self.checkpointer.load(self.resume_step, self.engine, self.ema, cfg.engine.zero_stage)
+            self.step, skipped = state["step"], state["skipped_steps"]
+            log.info("resumed from %s: step %d, %d samples consumed (checkpoint written by %d ranks, now %d)",
+                     storage.join(cfg.checkpoint_dir, step_dir_name(self.resume_step)), self.step,
+                     state["samples_consumed"], state["world_size"], world.world_size)
+        self.guard = NumericsGuard(cfg.numerics.max_consecutive_skips, skipped)
+        gflops = count_flops(cfg.model)["gflops"]
+        self.meter = IntervalMeter(6 * gflops * 1e9, cfg.monitor.peak_tflops * 1e12 * world.world_size, self.device)
+        self.sinks = MetricsSinks(cfg.run_dir, cfg.monitor.tensorboard) if world.is_main else None
+        self.sampler = None
+        if world.is_main and cfg.monitor.sample_every > 0:
+            from lamamba.training.sample_grid import EMASampleGrid
+
+            m = cfg.monitor
+            self.sampler = EMASampleGrid(cfg.model, cfg.diffusion, self.device, m.sample_count, m.sample_steps,
+                                         m.sample_cfg_scale, cfg.seed, float(self.manifest["scale_factor"]),
+                                         cfg.autoencoder)
+        log.info("training %s at %d px: %.1fM params, %.2f GFLOPs/img; %d ranks, global batch %d = %d per rank "
+                 "x %d accumulation; ZeRO-%d %s, activation checkpointing %r",
+                 cfg.model.preset, int(self.manifest["resolution"]),
+                 num_params / 1e6,
+                 gflops, world.world_size, cfg.global_batch, self.plan.micro_batch, self.plan.accumulation,
+                 cfg.engine.zero_stage, cfg.engine.precision, cfg.engine.activation_checkpointing)
+
+    def _check_compatible(self, resume_state: dict[str, Any]) -> None:
+        """The data must fit the model, and a resumed run must read the same data."""
+        cfg, man = self.cfg.model, self.manifest
+        for key, want in (("input_size", man["latent_size"]), ("in_channels", man["channels"])):
+            if getattr(cfg, key) != int(want):
+                raise ConfigError(f"model.{key}={getattr(cfg, key)} but the manifest {self.cfg.data.manifest} "
+                                  f"has {want}")
+        if int(man["num_classes"]) > cfg.num_classes:
+            raise ConfigError(f"model.num_classes={cfg.num_classes} < the manifest's {man['num_classes']} classes")
+        if resume_state:
+            if resume_state["manifest_id"] != man["id"]:
+                raise ConfigError(f"the checkpoint was trained on manifest {resume_state['manifest_id']} but "
+                                  f"data.manifest is {man['id']}; use a new run_dir or checkpoint.resume=false")
+            if resume_state["global_batch"] != self.cfg.global_batch:
+                raise ConfigError(f"global_batch={self.cfg.global_batch} but the checkpoint used "
+                                  f"{resume_state['global_batch']}; exact resume needs the same global batch")
+            changed = _changed_keys(resume_state.get("config", {}), to_dict(self.cfg))
+            if changed:
+                log.warning("the config differs from the checkpoint's in: %s", ", ".join(changed))
+
+    # ---- one step ------------------------------------------------------------------------------
+    def _model_fn(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, drop_mask: torch.Tensor) -> torch.Tensor:
+        return self.engine(x.to(self.dtype), t, y, drop_mask=drop_mask).float()
+
+    def _train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float | None, bool, float]:
+        """Forward / backward / optimizer step on this rank's share of the global batch.
+
+        Returns the local sums vector (see _VECTOR), the global grad norm, whether the optimizer
+        applied the step, and the learning rate used.
+        """
+        from lamamba.diffusion import training_draws
+
+        keys = list(zip(batch["index"].tolist(), batch["epoch"].tolist()))
+        x = batch["x"].to(self.device)
+        num_t = self.diffusion.num_timesteps
+        t, noise = training_draws(self.cfg.seed, keys, num_t, x.shape[1:], device=self.device)
+        drop = PerSampleGenerators(self.cfg.seed, "label_drop", keys).rand(device=self.device)
+        drop = drop < self.cfg.model.class_dropout_prob
+        y = batch["y"].to(self.device)
+        lr = float(self.engine.get_lr()[0])
+        sums = torch.zeros(_VECTOR, dtype=torch.float64)
+        mb = self.plan.micro_batch
+        for start in range(0, x.shape[0], mb):
+            part = slice(start, start + mb)
+            terms = self.diffusion.training_losses(self._model_fn, x[part], t[part], noise=noise[part],
+                                                   model_kwargs={"y": y[part], "drop_mask": drop[part]})
+            self.engine.backward(terms["loss"].mean())
+            self.engine.step()
+            loss = terms["loss"].detach().double().cpu()
+            sums[_LOSS] += loss.sum()
+            sums[_MSE] += terms["mse"].detach().double().sum().cpu()
+            sums[_VB] += terms["vb"].detach().double().sum().cpu()
+            sums[_COUNT] += loss.numel()
+            quarter = (t[part].cpu() * NUM_QUARTERS) // num_t
+            sums[_QSUM:_QCOUNT] += torch.zeros(NUM_QUARTERS, dtype=torch.float64).index_add_(0, quarter, loss)
+            sums[_QCOUNT:_VECTOR] += torch.bincount(quarter, minlength=NUM_QUARTERS).double()
+        norm = self.engine.get_global_grad_norm()
+        norm = None if norm is None else float(norm)
+        return sums, norm, bool(self.engine.was_step_applied()), lr
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def _save(self) -> str:
+        state = {"step": self.step, "samples_consumed": self.loader.samples_consumed,
+                 "skipped_steps": self.guard.skipped_total, "world_size": self.world.world_size,
+                 "global_batch": self.cfg.global_batch, "config_hash": self.config_hash, "config": to_dict(self.cfg),
+                 "manifest_id": self.manifest["id"], "lr_scheduler": self.engine.lr_scheduler.state_dict(),
+                 "time": time.time()}
+        url = self.checkpointer.save(self.step, self.engine, self.ema, state, self.config_yaml, self.cfg.model)
+        log.info("checkpoint committed: %s", url)
+        return url
+
+    def _log_interval(self) -> None:
+        figures = self.meter.flush(self.guard.skipped_total)
+        if self.sinks is not None:
+            self.sinks.scalars(figures)
+        log.info(format_line(figures))
+
+    def run(self) -> int:
+        cfg, mon = self.cfg, self.cfg.monitor
+        if self.step >= cfg.max_steps:
+            log.info("nothing to do: step %d >= max_steps %d", self.step, cfg.max_steps)
+            return 0
+        watcher = PreemptionWatcher(cfg.preemption.signals, cfg.preemption.time_budget_s)
+        batches = iter(self.loader)
+        self.engine.train()
+        last = time.perf_counter()
+        try:
+            while self.step < cfg.max_steps:
+                batch = next(batches)
+                data_time = time.perf_counter() - last
+                sums, norm, applied, lr = self._train_step(batch)
+                sums[_STOP] = float(watcher.stop_requested())
+                total = all_reduce_sum(sums)
+                self.step += 1
+                loss = float(total[_LOSS] / total[_COUNT])
+                skipped = self.guard.check(self.step, loss, norm, applied)
+                if not skipped:
+                    self.ema.update()
+                now = time.perf_counter()
+                self.meter.add(StepStats(
+                    step=self.step, loss=loss, mse=float(total[_MSE] / total[_COUNT]),
+                    vb=float(total[_VB] / total[_COUNT]), quarter_loss_sum=total[_QSUM:_QCOUNT].tolist(),
+                    quarter_count=total[_QCOUNT:_VECTOR].tolist(), grad_norm=norm, lr=lr, skipped=skipped,
+                    images=cfg.global_batch, step_time=now - last, data_time=data_time))
+                if skipped:
+                    log.warning("step %d skipped: non-finite loss %s or grad norm %s (%d in a row)",
+                                self.step, loss, norm, self.guard.consecutive)
+                stop = total[_STOP] > 0
+                if watcher.received:
+                    log.warning("%s received: stopping at step %d after a checkpoint", watcher.received, self.step)
+                if self.step % mon.log_every == 0 or stop or self.step == cfg.max_steps:
+                    self._log_interval()
+                if self.sampler is not None and self.step % mon.sample_every == 0:
+                    self.sinks.image("samples/ema", self.sampler(self.ema.state_dict()), self.step)
+                if self.step % cfg.checkpoint.every_steps == 0 or stop or self.step == cfg.max_steps:
+                    url = self._save()
+                    if stop:
+                        log.info("preempted (%s) at step %d: checkpoint %s committed; exiting 0 - "
+                                 "relaunch the same command to continue", watcher.reason(), self.step, url)
+                        return 0
+                last = time.perf_counter()
+            log.info("finished: %d steps", self.step)
+            return 0
+        finally:
+            watcher.restore()
+            if self.sinks is not None:
+                self.sinks.close()
+
+
+def train(cfg: TrainConfig) -> int:
+    """Run ``cfg`` on this process's rank (launched by torchrun, deepspeed, or plain python)."""
+    world = init_distributed(cfg.engine.backend)
+    setup_logging(cfg.run_dir, world)
+    try:
+        return Trainer(cfg, world).run()
+    finally:
+        shutdown()
