@@ -7,8 +7,8 @@ positions [r*b, (r+1)*b) of each global batch, b = G / W. A batch may straddle t
 nothing is dropped and every sample is seen exactly once per epoch.
 
 Everything random about a sample is keyed by (seed, dataset index, epoch) with
-:mod:`lamamba.rng`: whether it is flipped (purpose "flip") and the posterior draw
-z = mean + std * eps (purpose "posterior"). So the batches depend on neither the number of
+:mod:`lamamba.rng`: whether it is flipped (bit 0 of the keyed seed of purpose "flip") and the
+posterior draw z = mean + std * eps (eps from the keyed generator of purpose "posterior"). So the batches depend on neither the number of
 ranks nor the number of DataLoader workers nor where the run resumed, and a resume at
 ``samples_consumed`` seeks there without replaying anything.
 """
@@ -24,7 +24,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lamamba.data.cache import LatentArrays
-from lamamba.rng import PerSampleGenerators, keyed_seed
+from lamamba.rng import keyed_seed, purpose_id
+
+FLIP = purpose_id("flip")
+POSTERIOR = purpose_id("posterior")
 
 
 @functools.lru_cache(maxsize=4)
@@ -33,6 +36,33 @@ def global_order(seed: int, epoch: int, num_items: int) -> np.ndarray:
     order = np.random.Generator(np.random.PCG64(keyed_seed(seed, epoch))).permutation(num_items)
     order.flags.writeable = False
     return order
+
+
+def keyed_flips(seed: int, index: np.ndarray, epochs: np.ndarray) -> np.ndarray:
+    """(b,) 0/1: whether each sample is read flipped; bit 0 of ``keyed_seed(seed, FLIP, index, epoch)``."""
+    return np.array([keyed_seed(seed, FLIP, i, e) & 1 for i, e in zip(index.tolist(), epochs.tolist())],
+                    dtype=np.int64)
+
+
+def keyed_latents(moments: np.ndarray, index: np.ndarray, epochs: np.ndarray, seed: int,
+                  shape: tuple[int, int, int], scale: float) -> torch.Tensor:
+    """z = (mean + std * eps) * scale for the keyed flip of each sample; (b, C, h, w) float32.
+
+    ``moments`` is (N, 2, 2, C, h, w) float16. eps for a sample is the first normal draw of the CPU
+    generator seeded with ``keyed_seed(seed, POSTERIOR, index, epoch)``, i.e. exactly
+    ``PerSampleGenerators(seed, "posterior", [(index, epoch)]).randn(shape)``. The work is done one
+    sample at a time on purpose: these small ops stay on one thread and never contend with the
+    caller's intra-op thread pool (batch-wide ops were 5x slower on a busy machine).
+    """
+    chosen = torch.from_numpy(moments[index, keyed_flips(seed, index, epochs)])  # (b, 2, C, h, w)
+    x = torch.empty((len(index), *shape))
+    generator = torch.Generator()
+    for row, (i, e) in enumerate(zip(index.tolist(), epochs.tolist())):
+        generator.manual_seed(keyed_seed(seed, POSTERIOR, i, e))
+        z = x[row]
+        z.normal_(generator=generator)
+        z.mul_(chosen[row, 1]).add_(chosen[row, 0]).mul_(scale)
+    return x
 
 
 class _RankBatches(Dataset):
@@ -62,11 +92,7 @@ class _RankBatches(Dataset):
         for epoch in np.unique(epochs):
             where = epochs == epoch
             index[where] = global_order(self.seed, int(epoch), n)[positions[where] % n]
-        keys = list(zip(index.tolist(), epochs.tolist()))
-        flip = PerSampleGenerators(self.seed, "flip", keys).randint(2).numpy()
-        moments = torch.from_numpy(self.arrays.moments[index, flip]).float()  # (b, 2, C, h, w)
-        eps = PerSampleGenerators(self.seed, "posterior", keys).randn(self.latent_shape)
-        x = (moments[:, 0] + moments[:, 1] * eps) * self.scale
+        x = keyed_latents(self.arrays.moments, index, epochs, self.seed, self.latent_shape, self.scale)
         return {
             "x": x,
             "y": torch.from_numpy(self.arrays.labels[index]),

@@ -10,7 +10,7 @@ from data_pipeline.preprocess import to_model_input
 from data_pipeline.sources import DIGITS_PREFIX, SourceItem, digits_split, load_image
 from lamamba.autoencoders import AutoencoderConfig, build_autoencoder
 from lamamba.data import LatentLoader, ShardError
-from lamamba.rng import PerSampleGenerators
+from lamamba.rng import PerSampleGenerators, keyed_seed, purpose_id
 
 from conftest import encode
 
@@ -68,7 +68,7 @@ def test_each_sample_once_per_epoch_and_draws_change_between_epochs(tiny_vae_dat
     # x is the keyed draw: flip and posterior noise from (seed, index, epoch).
     moments = torch.from_numpy(np.array(loader.arrays.moments)).float()
     keys = list(zip(index.tolist(), epoch.tolist()))
-    flip = PerSampleGenerators(5, "flip", keys).randint(2)
+    flip = torch.tensor([keyed_seed(5, purpose_id("flip"), i, e) & 1 for i, e in keys])
     eps = PerSampleGenerators(5, "posterior", keys).randn((4, 4, 4))
     chosen = moments[index, flip]
     expected = (chosen[:, 0] + chosen[:, 1] * eps) * loader.manifest["scale_factor"]
@@ -118,7 +118,7 @@ def test_digits_identity_round_trip(tmp_path):
     assert batch["x"].shape == (450, 1, 16, 16) and batch["x"].abs().max() <= 1.0
 
     identity = build_autoencoder(AutoencoderConfig(kind="identity", image_channels=1))
-    flips = PerSampleGenerators(2, "flip", list(zip(batch["index"].tolist(), batch["epoch"].tolist()))).randint(2)
+    flips = [keyed_seed(2, purpose_id("flip"), i, e) & 1 for i, e in zip(batch["index"].tolist(), batch["epoch"].tolist())]
     for row in range(0, 450, 37):
         dataset_index = int(batch["index"][row])
         key = f"{DIGITS_PREFIX}{test[dataset_index]:04d}"
