@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cmd, node_rank = job_process_command(args, local_config(args.run_dir))
+    if node_rank == 0:  # a requeued or restarted job starts without the last attempt's ending
+        runs.clear_outcome(args.run_dir)
     state, rc, attempts = Supervisor(args.max_restarts).run(cmd)
     print(f"[lamamba] {args.job} {state.lower()} (exit code {rc}, {attempts} attempt(s))", flush=True)
     if node_rank == 0:  # last: whoever sees the outcome also sees the whole log
