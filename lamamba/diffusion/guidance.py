@@ -37,6 +37,8 @@ def guided_forward(
         raise ValueError(f"guided_channels must be in 1..{eps_channels}, got {k}")
     out = model_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]),
                    **model_kwargs)
+    if out.shape[1] < eps_channels:
+        raise ValueError(f"model output has {out.shape[1]} channels, fewer than eps_channels={eps_channels}")
     cond, null = out.chunk(2)
     guided = null[:, :k] + scale * (cond[:, :k] - null[:, :k])
     return torch.cat([guided, cond[:, k:]], dim=1)
