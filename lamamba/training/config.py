@@ -34,7 +34,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_steps: int = 0
-    grad_clip: float = 1.0  # global grad-norm clipping; 0 disables it
+    grad_clip: float = 0.0  # clip the global grad norm to this; 0 = off, as in the paper (DiT)
 
     def __post_init__(self):
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
@@ -47,8 +47,9 @@ class EngineConfig:
 
     zero_stage: Literal[1, 2, 3] = 2
     precision: Literal["bf16", "fp32"] = "bf16"
-    # Per-rank micro-batch; each rank's share of the global batch (global_batch / world_size) is
-    # split into micro-batches of this size and their gradients accumulated. 0 = no accumulation.
+    # Largest per-rank micro-batch: each rank's share of the global batch (global_batch /
+    # world_size) is split into micro-batches of at most this size whose gradients are
+    # accumulated. 0 = the whole share at once.
     micro_batch: int = 0
     # "none", "all" or a comma list of stage names ("enc0".."enc3", "mid", "dec0".."dec3").
     activation_checkpointing: str = "none"

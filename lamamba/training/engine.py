@@ -31,13 +31,14 @@ class BatchPlan:
 
 
 def plan_batches(global_batch: int, world_size: int, micro_batch: int = 0) -> BatchPlan:
-    """Split ``global_batch`` over ``world_size`` ranks and micro-batches of ``micro_batch``."""
+    """Split ``global_batch`` over ``world_size`` ranks, then into micro-batches of at most
+    ``micro_batch`` (0 = the whole per-rank share), so one config serves any number of ranks."""
     if global_batch % world_size:
         raise ConfigError(f"global_batch={global_batch} is not divisible by the world size {world_size}")
     per_rank = global_batch // world_size
-    micro = micro_batch or per_rank
-    if micro > per_rank or per_rank % micro:
-        raise ConfigError(f"engine.micro_batch={micro_batch} must divide the per-rank batch "
+    micro = min(micro_batch or per_rank, per_rank)
+    if per_rank % micro:
+        raise ConfigError(f"engine.micro_batch={micro_batch} does not divide the per-rank batch "
                           f"{per_rank} (global_batch {global_batch} / {world_size} ranks)")
     return BatchPlan(global_batch, per_rank, micro, per_rank // micro)
 

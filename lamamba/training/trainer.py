@@ -72,7 +72,7 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
 class Trainer:
     """One training run of ``cfg`` on this process's rank of ``world``."""
 
-    def __init__(self, cfg: TrainConfig, world: World):
+    def __init__(self, cfg: TrainConfig, world: World, watcher: PreemptionWatcher):
         from lamamba.data import LatentLoader
         from lamamba.diffusion import create_diffusion
         from lamamba.models import build_model
@@ -80,6 +80,7 @@ class Trainer:
 
         self.cfg = cfg
         self.world = world
+        self.watcher = watcher
         self.device = world.device
         self.plan = plan_batches(cfg.global_batch, world.world_size, cfg.engine.micro_batch)
         self.config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
@@ -223,7 +224,7 @@ class Trainer:
         if self.step >= cfg.max_steps:
             log.info("nothing to do: step %d >= max_steps %d", self.step, cfg.max_steps)
             return 0
-        watcher = PreemptionWatcher(cfg.preemption.signals, cfg.preemption.time_budget_s)
+        watcher = self.watcher
         batches = iter(self.loader)
         self.engine.train()
         last = time.perf_counter()
@@ -265,16 +266,18 @@ class Trainer:
             log.info("finished: %d steps", self.step)
             return 0
         finally:
-            watcher.restore()
             if self.sinks is not None:
                 self.sinks.close()
 
 
 def train(cfg: TrainConfig) -> int:
     """Run ``cfg`` on this process's rank (launched by torchrun, deepspeed, or plain python)."""
+    # Signals are caught from the start, so a preemption during start-up still ends in a checkpoint.
+    watcher = PreemptionWatcher(cfg.preemption.signals, cfg.preemption.time_budget_s)
     world = init_distributed(cfg.engine.backend)
     setup_logging(cfg.run_dir, world)
     try:
-        return Trainer(cfg, world).run()
+        return Trainer(cfg, world, watcher).run()
     finally:
+        watcher.restore()
         shutdown()

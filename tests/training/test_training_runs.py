@@ -1,0 +1,146 @@
+"""End-to-end training on 2 CPU ranks (torchrun + real DeepSpeed on gloo), tiny preset, bf16,
+activation checkpointing on: ZeRO stages, exact resume after kill -9 and after SIGTERM, resume on
+1 rank, partial checkpoints, TensorBoard contents and export.
+
+The runs are shared between assertions (a ZeRO-2 and a ZeRO-3 reference run of 6 steps) to keep
+DeepSpeed start-ups few.
+"""
+
+import json
+import shutil
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training_helpers import (committed, launch, losses, metrics, output, rank_pids, run, wait,
+                              wait_for)
+
+STEPS = 6
+
+
+def final_state(run_dir, step=STEPS):
+    ckpt = run_dir / "checkpoints" / f"step_{step:08d}"
+    return {name: load_file(ckpt / name) for name in ("consolidated.safetensors", "ema.safetensors",
+                                                       "ema_0.99.safetensors")}
+
+
+def assert_same_state(a, b):
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), f"{name}:{key} differs"
+
+
+@pytest.fixture(scope="module")
+def reference_z2(tmp_path_factory, digits_manifest):
+    run_dir = tmp_path_factory.mktemp("ref-z2") / "run"
+    run(run_dir, digits_manifest, 2, "engine.zero_stage=2")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def reference_z3(tmp_path_factory, digits_manifest):
+    run_dir = tmp_path_factory.mktemp("ref-z3") / "run"
+    run(run_dir, digits_manifest, 2, "engine.zero_stage=3")
+    return run_dir
+
+
+def check_trained(run_dir, steps):
+    loss = losses(run_dir)
+    assert sorted(loss) == list(range(1, steps + 1))
+    assert all(torch.isfinite(torch.tensor(v)) for v in loss.values())
+    assert loss[steps] < 0.5 * loss[1], loss  # a clear decrease on the fixed digits set
+    assert committed(run_dir)[-1] == steps
+
+
+def test_zero1_trains(tmp_path, digits_manifest):
+    run_dir = tmp_path / "run"
+    run(run_dir, digits_manifest, 2, "engine.zero_stage=1", "max_steps=4")
+    check_trained(run_dir, 4)
+
+
+def test_zero2_trains_and_logs_to_tensorboard(reference_z2):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lamamba.training.monitors import TB_TAGS
+
+    check_trained(reference_z2, STEPS)
+    events = EventAccumulator(str(reference_z2 / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert set(TB_TAGS.values()) <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, STEPS + 1))
+    images = events.Images("samples/ema")
+    assert [im.step for im in images] == [3, 6]  # monitor.sample_every = 3
+    assert images[0].width > 0 and images[0].height > 0
+    assert "img/s" in (reference_z2 / "train.log").read_text()
+
+
+def test_zero3_trains(reference_z3):
+    check_trained(reference_z3, STEPS)
+
+
+def test_kill9_then_relaunch_repeats_the_straight_run(tmp_path, digits_manifest, reference_z2):
+    run_dir = tmp_path / "run"
+    proc = launch(run_dir, digits_manifest, 2, "engine.zero_stage=2")
+    wait_for(lambda: 2 in committed(run_dir), proc, run_dir, what="checkpoint 2")
+    pids = rank_pids(proc)
+    import os
+
+    os.kill(pids[1], signal.SIGKILL)
+    assert wait(proc, run_dir) != 0
+    assert max(committed(run_dir)) < STEPS
+    run(run_dir, digits_manifest, 2, "engine.zero_stage=2")  # the same command
+    assert "resumed from" in output(run_dir)
+    reference = losses(reference_z2)
+    for record in metrics(run_dir):  # before the kill and after the restart
+        assert record["loss"] == reference[record["step"]], record["step"]
+    assert max(r["step"] for r in metrics(run_dir)) == STEPS
+    assert_same_state(final_state(run_dir), final_state(reference_z2))
+
+
+def test_resume_on_one_rank_skips_partial_checkpoint(tmp_path, digits_manifest, reference_z2):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_z2 / "checkpoints", run_dir / "checkpoints")
+    partial = run_dir / "checkpoints" / f"step_{STEPS:08d}"
+    (partial / "COMMITTED").unlink()
+    run(run_dir, digits_manifest, 1, "engine.zero_stage=2")
+    log = output(run_dir)
+    assert f"ignoring partial checkpoint {partial}" in log
+    assert "step 4, 64 samples consumed (checkpoint written by 2 ranks, now 1)" in log
+    reference = losses(reference_z2)
+    resumed = losses(run_dir)
+    assert sorted(resumed) == [5, 6]
+    for step, loss in resumed.items():  # same data and noise; bf16 sums in another order
+        assert loss == pytest.approx(reference[step], rel=1e-2)
+    state = json.loads((partial / "trainer_state.json").read_text())
+    assert state["samples_consumed"] == STEPS * 16 and state["world_size"] == 1
+
+
+def test_sigterm_checkpoints_exits_0_and_relaunch_continues(tmp_path, digits_manifest, reference_z3):
+    run_dir = tmp_path / "run"
+    proc = launch(run_dir, digits_manifest, 2, "engine.zero_stage=3")
+    wait_for(lambda: len(metrics(run_dir)) >= 1, proc, run_dir, what="the first step")
+    import os
+
+    os.kill(rank_pids(proc)[1], signal.SIGTERM)
+    assert wait(proc, run_dir) == 0, output(run_dir)[-3000:]
+    stopped = max(committed(run_dir))
+    assert stopped < STEPS and f"preempted (another rank's request) at step {stopped}" in output(run_dir)
+    run(run_dir, digits_manifest, 2, "engine.zero_stage=3")
+    assert losses(run_dir) == losses(reference_z3)
+    assert_same_state(final_state(run_dir), final_state(reference_z3))
+
+
+def test_export_writes_the_ema_alone(tmp_path, reference_z2):
+    from launcher.cli import main
+    from lamamba.models.io import load_model
+
+    out = tmp_path / "model.safetensors"
+    assert main(["export", str(reference_z2), "--out", str(out)]) == 0
+    model, cfg, meta = load_model(str(out))
+    ema = final_state(reference_z2)["ema.safetensors"]
+    assert cfg.preset == "tiny" and meta["step"] == str(STEPS) and meta["ema_decay"] == "0.9999"
+    assert "train_config" in meta
+    assert all(torch.equal(p, ema[n]) for n, p in model.named_parameters())
