@@ -7,14 +7,15 @@ import pytest
 
 from launcher.cli import main
 
-# (command prefix, an integer field of that job's config)
+# name -> (argv before the config, an integer field of that command's config, argv after the overrides)
 COMMANDS = {
-    "encode": (["encode"], "resolution"),
-    "train": (["train"], "max_steps"),
-    "sample": (["sample"], "num_samples"),
-    "evaluate": (["evaluate"], "pr_k"),
-    "submit-train": (["submit", "train"], "max_steps"),
-    "submit-sample": (["submit", "sample"], "num_samples"),
+    "encode": (["encode"], "resolution", []),
+    "train": (["train"], "max_steps", []),
+    "sample": (["sample"], "num_samples", []),
+    "evaluate": (["evaluate"], "pr_k", []),
+    "quickstart": (["quickstart", "--config"], "ray_cpus", []),
+    "submit-train": (["submit", "train"], "max_steps", ["--runs-root", "{tmp}/runs"]),
+    "submit-encode": (["submit", "encode"], "resolution", ["--runs-root", "{tmp}/runs", "--backend", "slurm"]),
 }
 
 
@@ -25,12 +26,14 @@ def config_file(tmp_path):
     return str(path)
 
 
-def _available(prefix):
+def _argv(name, config, overrides, tmp_path):
+    before, _, after = COMMANDS[name]
     from launcher.cli import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices
-    if prefix[0] not in commands:
-        pytest.skip(f"`lamamba {prefix[0]}` is not built yet")
+    if before[0] not in commands:
+        pytest.skip(f"`lamamba {before[0]}` is not built yet")
+    return [*before, config, *overrides, *(a.format(tmp=tmp_path) for a in after)]
 
 
 def _one_config_error(capsys, argv, *needles):
@@ -45,30 +48,19 @@ def _one_config_error(capsys, argv, *needles):
 
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_unknown_key(name, config_file, capsys, tmp_path):
-    prefix, _ = COMMANDS[name]
-    _available(prefix)
-    _one_config_error(capsys, [*prefix, config_file, "no_such_key=1", *_runs_root(prefix, tmp_path)],
-                      "no_such_key", config_file)
+    _one_config_error(capsys, _argv(name, config_file, ["no_such_key=1"], tmp_path), "no_such_key", config_file)
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_wrong_type(name, config_file, capsys, tmp_path):
-    prefix, int_key = COMMANDS[name]
-    _available(prefix)
-    _one_config_error(capsys, [*prefix, config_file, f"{int_key}=lots", *_runs_root(prefix, tmp_path)],
-                      int_key, "lots")
+    int_key = COMMANDS[name][1]
+    _one_config_error(capsys, _argv(name, config_file, [f"{int_key}=lots"], tmp_path), int_key, "lots")
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_missing_file(name, capsys, tmp_path):
-    prefix, _ = COMMANDS[name]
-    _available(prefix)
     missing = str(tmp_path / "nope.yaml")
-    _one_config_error(capsys, [*prefix, missing, *_runs_root(prefix, tmp_path)], missing)
-
-
-def _runs_root(prefix, tmp_path):
-    return ["--runs-root", str(tmp_path / "runs")] if prefix[0] == "submit" else []
+    _one_config_error(capsys, _argv(name, missing, [], tmp_path), missing)
 
 
 def test_submit_refuses_run_dir_override(config_file, capsys, tmp_path):
