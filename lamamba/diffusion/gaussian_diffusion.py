@@ -93,6 +93,16 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = ((1.0 - self.alphas_cumprod_prev) * np.sqrt(self.alphas)
                                      / (1.0 - self.alphas_cumprod))
 
+        # The learned range spans [log beta~_t (clipped), log beta_t]. The fixed variances are
+        # beta_t ("large", beta~_1 at t = 0 so the decoder's variance stays finite, as in
+        # improved DDPM) or beta~_t ("small").
+        self.log_betas = np.log(betas)
+        large = np.append(self.posterior_variance[1], betas[1:])
+        self.fixed_variances = {
+            "fixed_large": (large, np.log(large)),
+            "fixed_small": (self.posterior_variance, self.posterior_log_variance_clipped),
+        }
+
     # -- helpers -------------------------------------------------------------------------------
 
     @staticmethod
@@ -169,17 +179,12 @@ class GaussianDiffusion:
         eps, v = self.split_output(model_output, x_t)
         if self.variance_type == "learned_range":
             min_log = self._gather(self.posterior_log_variance_clipped, t, x_t)
-            max_log = self._gather(np.log(self.betas), t, x_t)
+            max_log = self._gather(self.log_betas, t, x_t)
             frac = (v + 1.0) / 2.0
             log_variance = frac * max_log + (1.0 - frac) * min_log
             variance = torch.exp(log_variance)
         else:
-            if self.variance_type == "fixed_large":
-                # beta~_1 at t = 0 keeps the decoder's variance finite, as in improved DDPM.
-                var = np.append(self.posterior_variance[1], self.betas[1:])
-                log_var = np.log(var)
-            else:
-                var, log_var = self.posterior_variance, self.posterior_log_variance_clipped
+            var, log_var = self.fixed_variances[self.variance_type]
             variance = self._gather(var, t, x_t).expand_as(x_t)
             log_variance = self._gather(log_var, t, x_t).expand_as(x_t)
         pred_xstart = self.predict_xstart_from_eps(x_t, t, eps)
