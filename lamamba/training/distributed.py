@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -49,12 +50,19 @@ def _disable_deepspeed_shm_op() -> None:
     ds_torch.build_shm_op = lambda: None
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_distributed(backend: str = "") -> World:
     """Initialise torch.distributed through DeepSpeed (a no-op if already initialised)."""
     import deepspeed
 
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
+    if "WORLD_SIZE" not in os.environ:  # a plain single process: a private rendezvous
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", "0")

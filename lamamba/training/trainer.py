@@ -57,6 +57,17 @@ def setup_logging(run_dir: str, world: World) -> None:
         log.addHandler(handler)
 
 
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+def redacted(data: Any) -> Any:
+    """A config dict with credentials in storage options replaced, fit for config.yaml and logs."""
+    if not isinstance(data, dict):
+        return data
+    return {k: "<redacted>" if any(w in k.lower() for w in _SECRET_WORDS) and not isinstance(v, dict)
+            else redacted(v) for k, v in data.items()}
+
+
 def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two config dicts (run_dir excluded)."""
     changed = []
@@ -83,7 +94,8 @@ class Trainer:
         self.watcher = watcher
         self.device = world.device
         self.plan = plan_batches(cfg.global_batch, world.world_size, cfg.engine.micro_batch)
-        self.config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+        self.config_dict = redacted(to_dict(cfg))
+        self.config_yaml = yaml.safe_dump(self.config_dict, sort_keys=False)
         self.config_hash = config_hash(cfg)
         if world.is_main:
             os.makedirs(cfg.run_dir, exist_ok=True)
@@ -158,7 +170,7 @@ class Trainer:
             if resume_state["global_batch"] != self.cfg.global_batch:
                 raise ConfigError(f"global_batch={self.cfg.global_batch} but the checkpoint used "
                                   f"{resume_state['global_batch']}; exact resume needs the same global batch")
-            changed = _changed_keys(resume_state.get("config", {}), to_dict(self.cfg))
+            changed = _changed_keys(resume_state.get("config", {}), self.config_dict)
             if changed:
                 log.warning("the config differs from the checkpoint's in: %s", ", ".join(changed))
 
@@ -206,7 +218,7 @@ class Trainer:
     def _save(self) -> str:
         state = {"step": self.step, "samples_consumed": self.loader.samples_consumed,
                  "skipped_steps": self.guard.skipped_total, "world_size": self.world.world_size,
-                 "global_batch": self.cfg.global_batch, "config_hash": self.config_hash, "config": to_dict(self.cfg),
+                 "global_batch": self.cfg.global_batch, "config_hash": self.config_hash, "config": self.config_dict,
                  "manifest_id": self.manifest["id"], "lr_scheduler": self.engine.lr_scheduler.state_dict(),
                  "time": time.time()}
         url = self.checkpointer.save(self.step, self.engine, self.ema, state, self.config_yaml, self.cfg.model)

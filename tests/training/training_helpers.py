@@ -22,12 +22,16 @@ def free_port() -> int:
 
 
 def launch(run_dir: Path, manifest: str, nproc: int, *overrides: str) -> subprocess.Popen:
-    """Start `torchrun ... -m launcher.cli train tiny_digits.yaml` writing its output to run_dir/launch.log."""
+    """Start `torchrun ... -m launcher.cli train tiny_digits.yaml` (nproc > 1) or the plain
+    `python -m launcher.cli train ...` (nproc = 1), writing its output to run_dir/launch.log."""
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "LAMAMBA_DATA_CACHE": str(run_dir.parent / "latent-cache")}
-    cmd = [str(TORCHRUN), f"--nproc_per_node={nproc}", f"--master_port={free_port()}", "-m", "launcher.cli",
-           "train", str(CONFIG), f"run_dir={run_dir}", f"data.manifest={manifest}", *overrides]
+    if nproc > 1:
+        cmd = [str(TORCHRUN), f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
+    else:
+        cmd = [sys.executable]
+    cmd += ["-m", "launcher.cli", "train", str(CONFIG), f"run_dir={run_dir}", f"data.manifest={manifest}", *overrides]
     log = open(run_dir / "launch.log", "a")
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
