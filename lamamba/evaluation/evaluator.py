@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
@@ -19,26 +19,12 @@ from tqdm import tqdm
 from lamamba import storage
 from lamamba.config import ConfigError
 from lamamba.evaluation import metrics
-from lamamba.evaluation.features import ExtractorConfig, FeatureExtractor, build_extractor
-from lamamba.evaluation.reference import Reference, extract_features, load_reference
+from lamamba.evaluation.config import EvalConfig
+from lamamba.evaluation.features import FeatureExtractor, build_extractor
+from lamamba.evaluation.reference import Reference, build_reference, extract_features, load_reference
 from lamamba.evaluation.shards import (METADATA, done_shards, features_name, images_name, read_json,
                                        read_npz)
 from lamamba.evaluation.statistics import FeatureStats
-
-
-@dataclass
-class EvaluateConfig:
-    """What to evaluate against what; every metric follows ADM's evaluator (protocols.md §5)."""
-
-    run_dir: str = "runs/evaluate"
-    samples: str = ""  # a sample-set directory/URL written by `lamamba sample`, or one .npz with arr_0
-    reference: str = ""  # ADM reference .npz (or one from `lamamba evaluate --build-reference`)
-    out: str = ""  # metrics JSON; default <run_dir>/metrics.json
-    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
-    is_split_size: int = 5000  # IS: splits of this many samples, in order (10 splits for 50K)
-    pr_k: int = 3  # precision/recall: k-th nearest neighbour radius
-    pr_batch_size: int = 10000  # rows per block of pairwise distances
-    batch_size: int = 500  # images read per extractor call
 
 
 @dataclass
@@ -126,7 +112,7 @@ def compute_metrics(samples: SampleFeatures, reference: Reference, is_split_size
     return result
 
 
-def protocol_card(cfg: EvaluateConfig, samples: SampleFeatures, reference: Reference,
+def protocol_card(cfg: EvalConfig, samples: SampleFeatures, reference: Reference,
                   extractor: FeatureExtractor) -> dict:
     """How the numbers were produced, stored beside them."""
     return {
@@ -149,13 +135,16 @@ def protocol_card(cfg: EvaluateConfig, samples: SampleFeatures, reference: Refer
     }
 
 
-def evaluate(cfg: EvaluateConfig, extractor: FeatureExtractor | None = None) -> dict:
+def evaluate(cfg: EvalConfig, extractor: FeatureExtractor | None = None) -> dict:
     """Run the evaluation; writes ``{"metrics": ..., "protocol": ...}`` as JSON and returns it."""
-    if not cfg.samples:
-        raise ConfigError("samples: give the sample set to evaluate (--samples URL)")
     if not cfg.reference:
         raise ConfigError("reference: give the reference batch (--reference FILE)")
     extractor = extractor or build_extractor(cfg.extractor)
+    if cfg.build_reference.source and not storage.exists(cfg.reference):
+        build_reference(cfg.build_reference.source, cfg.reference, extractor, cfg.build_reference.resolution,
+                        cfg.build_reference.include_images, cfg.batch_size)
+    if not cfg.samples:  # building the reference was the whole job
+        return {"reference": cfg.reference}
     sample_features = collect_sample_features(cfg.samples, extractor, cfg.batch_size)
     reference = load_reference(cfg.reference, extractor, cfg.batch_size)
     result = {

@@ -11,23 +11,14 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from lamamba.evaluation.config import ExtractorConfig
+
 FEATURE_KEYS = ("pool", "spatial", "logits")
-
-
-@dataclass
-class ExtractorConfig:
-    """Which network turns images into features."""
-
-    kind: str = "inception"  # "inception" or "package.module:factory"
-    weights: str = ""  # local path of pt_inception-2015-12-05-6726825d.pth (or the plug-in's weights)
-    device: str = "auto"  # "auto" = cuda if available else cpu
-    batch_size: int = 64
 
 
 class FeatureExtractor(Protocol):

@@ -1,0 +1,110 @@
+"""Configs of the sample and evaluate jobs (``lamamba sample``, ``lamamba evaluate``).
+
+Loaded with ``lamamba.config.load_config`` from YAML (configs/sample/, configs/evaluate/) plus
+dotted ``key=value`` overrides; the launcher passes ``run_dir=...``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import yaml
+
+from lamamba import storage
+from lamamba.autoencoders import AutoencoderConfig
+from lamamba.config import config_hash, to_dict
+
+
+@dataclass
+class ExtractorConfig:
+    """Which network turns images into features."""
+
+    kind: str = "inception"  # "inception" or "package.module:factory"
+    weights: str = ""  # local path of pt_inception-2015-12-05-6726825d.pth (or the plug-in's weights)
+    device: str = "auto"  # "auto" = cuda if available else cpu
+    batch_size: int = 64
+
+
+@dataclass
+class RayConfig:
+    """Ray fan-out: ``num_workers`` actors, each with these resources."""
+
+    address: str = ""  # "" = the cluster this job runs in (or a local one)
+    num_workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+
+
+@dataclass
+class SampleConfig:
+    """A sample set for evaluation; every field that changes the images is in its metadata."""
+
+    run_dir: str = "runs/sample"
+    checkpoint: str = ""  # training checkpoint dir (its ema.safetensors) or an exported .safetensors
+    out: str = ""  # sample-set directory or URL; default <run_dir>/samples
+    num_samples: int = 50000
+    num_classes: int | None = None  # labels are i mod num_classes; None = the model's class count
+    seed: int = 0
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    steps: int = 250  # respaced steps (ADM space_timesteps)
+    eta: float = 0.0  # DDIM only
+    cfg_scale: float = 1.5  # classifier-free guidance scale (1 = no guidance)
+    guided_channels: int | None = None  # None = all eps channels (LaMamba-Diff release); 3 = DiT
+    noise_schedule: Literal["linear", "cosine"] = "linear"
+    diffusion_steps: int = 1000
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype of the model on GPU
+    device: str = "auto"
+    # CPU float results depend on the intra-op thread count, so every worker uses this many.
+    cpu_threads: int = 1
+    batch_size: int = 32
+    shard_size: int = 1000
+    outputs: Literal["images", "features", "both"] = "images"
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)  # for features
+    launcher: Literal["local", "ray", "torchrun"] = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("num_samples", "steps", "batch_size", "shard_size", "diffusion_steps", "cpu_threads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.cfg_scale < 1.0:
+            raise ValueError(f"cfg_scale: must be >= 1 (1 = unguided), got {self.cfg_scale}")
+
+    @property
+    def out_url(self) -> str:
+        return self.out or storage.join(self.run_dir, "samples")
+
+
+@dataclass
+class BuildReferenceConfig:
+    """Build the reference from real images when ``EvalConfig.reference`` does not exist yet
+    (for 1024 px, where ADM publishes none)."""
+
+    source: str = ""  # image folder, .npz shards (arr_0) or webdataset .tar shards; "" = do not build
+    resolution: int = 256  # ADM centre crop to this side
+    include_images: bool = False  # also store arr_0 (50K x 1024^2 x 3 is 150 GB)
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate against what; every metric follows ADM's evaluator (protocols.md §5)."""
+
+    run_dir: str = "runs/evaluate"
+    samples: str = ""  # a sample-set directory/URL written by `lamamba sample`, or one .npz with arr_0
+    reference: str = ""  # ADM reference .npz (or one from `lamamba evaluate --build-reference`)
+    out: str = ""  # metrics JSON; default <run_dir>/metrics.json
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
+    is_split_size: int = 5000  # IS: splits of this many samples, in order (10 splits for 50K)
+    pr_k: int = 3  # precision/recall: k-th nearest neighbour radius
+    pr_batch_size: int = 10000  # rows per block of pairwise distances
+    batch_size: int = 500  # images read per extractor call
+    build_reference: BuildReferenceConfig = field(default_factory=BuildReferenceConfig)
+
+
+def write_run_files(cfg) -> None:
+    """The resolved config and its hash in ``<run_dir>/`` (local or a URL)."""
+    storage.write_bytes(storage.join(cfg.run_dir, "config.yaml"), yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+    storage.write_bytes(storage.join(cfg.run_dir, "config_hash"), (config_hash(cfg) + "\n").encode())
