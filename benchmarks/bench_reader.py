@@ -4,12 +4,13 @@ Writes N synthetic 32x32x4 latent samples as tar shards + manifest (the reader's
 speed is measured by bench_encode.py) and the same samples as fast-DiT's features/<i>.npy +
 labels/<i>.npy, then times batches of both with 0 and 2 DataLoader workers.
 
-  PYTHONPATH=. python benchmarks/bench_reader.py [--samples 20000] [--batch 256] [--dir /tmp/bench_reader]
+  PYTHONPATH=. python benchmarks/bench_reader.py [--samples 20000] [--batch 256] [--dir /tmp/bench_reader] [--reuse]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import time
@@ -46,8 +47,6 @@ def write_dataset(root: str, samples: int, shard_size: int) -> str:
         data = pack_shard(batch)
         name = f"shard-{shard:06d}.tar"
         storage.write_bytes(os.path.join(out, name), data)
-        import hashlib
-
         records.append({"name": name, "num_items": len(batch), "size": len(data),
                         "sha256": hashlib.sha256(data).hexdigest(), "skipped": [], "latent_channels": C,
                         "latent_size": S, "scale_factor": 0.18215})
@@ -72,13 +71,14 @@ class NpyPerSample(Dataset):
         return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def rate(iterator, batch: int, steps: int, warmup: int = 3) -> float:
+def rate(iterator, batch: int, steps: int, warmup: int = 3) -> tuple[float, float]:
+    """(samples per wall second, samples per CPU second of this process)."""
     for _ in range(warmup):
         next(iterator)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         next(iterator)
-    return steps * batch / (time.perf_counter() - start)
+    return steps * batch / (time.perf_counter() - wall), steps * batch / (time.process_time() - cpu)
 
 
 def main() -> None:
@@ -87,24 +87,31 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--dir", default="/tmp/bench_reader")
+    parser.add_argument("--reuse", action="store_true", help="keep a dataset already written in --dir")
     args = parser.parse_args()
-    shutil.rmtree(args.dir, ignore_errors=True)
-    t = time.perf_counter()
-    shards = write_dataset(args.dir, args.samples, shard_size=1000)
-    print(f"wrote {args.samples} samples in {time.perf_counter() - t:.1f} s")
-    cache = os.path.join(args.dir, "cache")
-    t = time.perf_counter()
-    LatentLoader(shards, args.batch, 0, 1, seed=0, cache_dir=cache)
-    print(f"first open (download, verify, decode into the cache): {time.perf_counter() - t:.1f} s")
-    print(f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+    shards = os.path.join(args.dir, "shards")
+    if args.reuse and os.path.exists(os.path.join(shards, "manifest.json")):
+        print(f"reusing the dataset in {args.dir}")
+    else:
+        shutil.rmtree(args.dir, ignore_errors=True)
+        t = time.perf_counter()
+        write_dataset(args.dir, args.samples, shard_size=1000)
+        print(f"wrote {args.samples} samples in {time.perf_counter() - t:.1f} s")
+        t = time.perf_counter()
+        LatentLoader(shards, args.batch, 0, 1, seed=0, cache_dir=os.path.join(args.dir, "cache"))
+        print(f"first open (download, verify, decode into the cache): {time.perf_counter() - t:.1f} s")
+    print(f"batch {args.batch}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print("loader                     workers   samples/s   samples/CPU-s of the main process")
     for workers in (0, 2):
-        loader = LatentLoader(shards, args.batch, 0, 1, seed=0, num_workers=workers, cache_dir=cache)
-        r = rate(iter(loader), args.batch, args.steps)
-        print(f"LatentLoader          workers={workers}: {r:10.0f} samples/s")
+        loader = LatentLoader(shards, args.batch, 0, 1, seed=0, num_workers=workers,
+                              cache_dir=os.path.join(args.dir, "cache"))
+        wall, cpu = rate(iter(loader), args.batch, args.steps)
+        print(f"LatentLoader (shards)      {workers:>7} {wall:11.0f} {cpu:11.0f}")
         npy = DataLoader(NpyPerSample(args.dir, args.samples), batch_size=args.batch, shuffle=True,
                          num_workers=workers, drop_last=True, persistent_workers=workers > 0)
-        r = rate(iter(npy), args.batch, min(args.steps, args.samples // args.batch - 4))
-        print(f"one .npy per sample   workers={workers}: {r:10.0f} samples/s")
+        wall, cpu = rate(iter(npy), args.batch, min(args.steps, args.samples // args.batch - 4))
+        print(f"one .npy per sample        {workers:>7} {wall:11.0f} {cpu:11.0f}")
 
 
 if __name__ == "__main__":
