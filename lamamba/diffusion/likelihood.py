@@ -35,7 +35,7 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor,
 
     x: values in [-1, 1] on the 256-level grid; the outermost bins extend to -inf and +inf so the
     probabilities of the 256 bins sum to 1. Uses the exact normal CDF (ADM uses a tanh
-    approximation of it; the two differ by < 1e-3 in probability).
+    approximation of it; the two differ by < 1e-3 in probability). Shapes: all (B, ...).
     """
     if x.shape != means.shape:
         raise ValueError(f"x {tuple(x.shape)} and means {tuple(means.shape)} must have the same shape")
@@ -43,10 +43,12 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor,
     inv_std = torch.exp(-log_scales)
     plus_in = inv_std * (centered + BIN_HALF_WIDTH)
     min_in = inv_std * (centered - BIN_HALF_WIDTH)
-    # The edge bins in log space directly (log_ndtr stays exact far into the tails).
-    log_cdf_plus = torch.special.log_ndtr(plus_in)
-    log_one_minus_cdf_min = torch.special.log_ndtr(-min_in)
-    cdf_delta = torch.special.ndtr(plus_in) - torch.special.ndtr(min_in)
-    log_delta = torch.log(cdf_delta.clamp(min=1e-12))
+    cdf_plus = torch.special.ndtr(plus_in)
+    cdf_min = torch.special.ndtr(min_in)
+    # The upper tail as ndtr(-z), exact where 1 - ndtr(z) would round to 0. (log_ndtr would be
+    # exact further out but is ~4x slower on CPU; probabilities below 1e-12 are clamped, as in ADM.)
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log(torch.special.ndtr(-min_in).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
     return torch.where(x < -0.999, log_cdf_plus,
                        torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
