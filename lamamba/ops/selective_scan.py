@@ -123,11 +123,13 @@ def selective_scan_reference(u, delta, A, B, C, D=None, delta_bias=None, delta_s
     C = C.repeat_interleave(dim // groups, dim=1)
     delta_A = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
     delta_B_u = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)
+    # unbind, not indexing per step: the backward of L index ops would materialise L full-size grads.
+    steps = zip(delta_A.unbind(2), delta_B_u.unbind(2), C.unbind(3))
     h = u.new_zeros(batch, dim, A.shape[1])
     ys = []
-    for t in range(length):
-        h = delta_A[:, :, t] * h + delta_B_u[:, :, t]
-        ys.append(torch.einsum("bdn,bdn->bd", h, C[:, :, :, t]))
+    for decay, drive, c in steps:
+        h = decay * h + drive
+        ys.append(torch.einsum("bdn,bdn->bd", h, c))
     y = torch.stack(ys, dim=2)
     if D is not None:
         y = y + u * D[:, None]
