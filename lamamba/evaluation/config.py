@@ -85,7 +85,10 @@ class BuildReferenceConfig:
 
     source: str = ""  # image folder, .npz shards (arr_0) or webdataset .tar shards; "" = do not build
     resolution: int = 256  # ADM centre crop to this side
-    include_images: bool = False  # also store arr_0 (50K x 1024^2 x 3 is 150 GB)
+    max_images: int = 0  # 0 = every image under source (FID statistics over all of them)
+    pr_images: int = 10000  # pool_3 features kept for precision/recall (a fixed-seed uniform subset, as
+    # ADM's reference batches hold 10,000 images)
+    include_images: bool = False  # also store arr_0 of that subset (10K x 1024^2 x 3 is 31 GB)
 
 
 @dataclass

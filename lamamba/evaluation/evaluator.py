@@ -24,7 +24,7 @@ from lamamba.evaluation.features import FeatureExtractor, build_extractor
 from lamamba.evaluation.reference import Reference, build_reference, extract_features, load_reference
 from lamamba.evaluation.shards import (METADATA, done_shards, features_name, images_name, read_json,
                                        read_npz)
-from lamamba.evaluation.statistics import FeatureStats
+from lamamba.evaluation.statistics import FeatureStats, accumulate
 
 
 @dataclass
@@ -36,13 +36,6 @@ class SampleFeatures:
     pool_features: np.ndarray
     logits: np.ndarray | None
     metadata: dict
-
-
-def _merge(acc: FeatureStats | None, feats: np.ndarray | None) -> FeatureStats | None:
-    if feats is None:
-        return acc
-    stats = FeatureStats.of(feats)
-    return stats if acc is None else acc + stats
 
 
 def collect_sample_features(samples: str, extractor: FeatureExtractor, batch_size: int = 500) -> SampleFeatures:
@@ -70,8 +63,8 @@ def collect_sample_features(samples: str, extractor: FeatureExtractor, batch_siz
             parts.append(_shard_features(samples, shard, extractor, batch_size))
     pool = spatial = None
     for part in parts:
-        pool = _merge(pool, part["pool"])
-        spatial = _merge(spatial, part.get("spatial"))
+        pool = accumulate(pool, part["pool"])
+        spatial = accumulate(spatial, part.get("spatial"))
     logits = np.concatenate([p["logits"] for p in parts]) if all("logits" in p for p in parts) else None
     return SampleFeatures(pool, spatial, np.concatenate([p["pool"] for p in parts]).astype(np.float32), logits,
                           metadata)
@@ -141,8 +134,9 @@ def evaluate(cfg: EvalConfig, extractor: FeatureExtractor | None = None) -> dict
         raise ConfigError("reference: give the reference batch (--reference FILE)")
     extractor = extractor or build_extractor(cfg.extractor)
     if cfg.build_reference.source and not storage.exists(cfg.reference):
-        build_reference(cfg.build_reference.source, cfg.reference, extractor, cfg.build_reference.resolution,
-                        cfg.build_reference.include_images, cfg.batch_size)
+        build = cfg.build_reference
+        build_reference(build.source, cfg.reference, extractor, build.resolution, build.include_images,
+                        cfg.batch_size, build.max_images, build.pr_images)
     if not cfg.samples:  # building the reference was the whole job
         return {"reference": cfg.reference}
     sample_features = collect_sample_features(cfg.samples, extractor, cfg.batch_size)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from lamamba import storage
 from lamamba.evaluation.features import FeatureExtractor
 from lamamba.evaluation.shards import read_npz, write_npz
-from lamamba.evaluation.statistics import FeatureStats, GaussianStats
+from lamamba.evaluation.statistics import FeatureStats, GaussianStats, accumulate
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".JPEG")
 _STATS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
@@ -159,36 +159,61 @@ def iter_real_images(source: str, resolution: int, batch_size: int = 100) -> Ite
         yield np.stack(pending)
 
 
+class _Reservoir:
+    """A uniform random subset of fixed size from a stream (Algorithm R, fixed seed): the same
+    stream always keeps the same items."""
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size, self.seen, self.items = size, 0, []
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, item) -> None:
+        if len(self.items) < self.size:
+            self.items.append(item)
+        else:
+            j = int(self.rng.integers(0, self.seen + 1))
+            if j < self.size:
+                self.items[j] = item
+        self.seen += 1
+
+
 def build_reference(source: str, out: str, extractor: FeatureExtractor, resolution: int,
-                    include_images: bool = False, batch_size: int = 100) -> Reference:
+                    include_images: bool = False, batch_size: int = 100, max_images: int = 0,
+                    pr_images: int = 10000) -> Reference:
     """Build a reference .npz at ``out`` from the real images under ``source``.
 
-    Writes mu, sigma (pool), mu_s, sigma_s (spatial, when the extractor gives them),
-    pool_features and, if ``include_images``, arr_0 (the cropped images), plus a JSON ``meta``.
+    FID/sFID statistics cover every image (or the first ``max_images``); ``pool_features`` (and,
+    if ``include_images``, ``arr_0``) hold a fixed-seed uniform subset of ``pr_images`` of them for
+    precision/recall. Writes mu, sigma, mu_s, sigma_s (when the extractor gives spatial features),
+    pool_features, arr_0 and a JSON ``meta``.
     """
     pool_stats = spatial_stats = None
-    pool_features, images = [], []
+    subset = _Reservoir(pr_images)
     with tqdm(desc=f"reference from {source}", unit="img", dynamic_ncols=True) as bar:
         for batch in iter_real_images(source, resolution, batch_size):
+            if max_images:
+                batch = batch[:max_images - (pool_stats.n if pool_stats else 0)]
             feats = extractor(batch)
-            batch_pool = FeatureStats.of(feats["pool"])
-            pool_stats = batch_pool if pool_stats is None else pool_stats + batch_pool
-            if "spatial" in feats:
-                batch_spatial = FeatureStats.of(feats["spatial"])
-                spatial_stats = batch_spatial if spatial_stats is None else spatial_stats + batch_spatial
-            pool_features.append(feats["pool"].astype(np.float32))
-            if include_images:
-                images.append(batch)
+            pool_stats = accumulate(pool_stats, feats["pool"])
+            spatial_stats = accumulate(spatial_stats, feats.get("spatial"))
+            for i in range(len(batch)):
+                subset.add((feats["pool"][i].astype(np.float32), batch[i] if include_images else None))
             bar.update(len(batch))
+            if max_images and pool_stats.n >= max_images:
+                break
+    if pool_stats is None:
+        raise ValueError(f"no images under {source}")
     pool = pool_stats.gaussian()
-    arrays = {"mu": pool.mu, "sigma": pool.sigma, "pool_features": np.concatenate(pool_features)}
+    arrays = {"mu": pool.mu, "sigma": pool.sigma, "pool_features": np.stack([f for f, _ in subset.items])}
     spatial = spatial_stats.gaussian() if spatial_stats is not None else None
     if spatial is not None:
         arrays.update(mu_s=spatial.mu, sigma_s=spatial.sigma)
     if include_images:
-        arrays["arr_0"] = np.concatenate(images)
+        arrays["arr_0"] = np.stack([im for _, im in subset.items])
     meta = {"source": source, "resolution": resolution, "num_images": pool_stats.n,
-            "extractor": getattr(extractor, "name", type(extractor).__name__), "crop": "adm-center-crop"}
+            "pr_images": len(subset.items), "extractor": getattr(extractor, "name", type(extractor).__name__),
+            "crop": "adm-center-crop"}
     arrays["meta"] = np.array(json.dumps(meta))
     write_npz(out, **arrays)
     return Reference(pool, spatial, arrays["pool_features"], out, pool_stats.n)
+

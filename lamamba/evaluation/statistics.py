@@ -80,3 +80,11 @@ class FeatureStats:
             stats.total = f["sum"].astype(np.float64)
             stats.outer = f["outer"].astype(np.float64)
         return stats
+
+
+def accumulate(stats: FeatureStats | None, features: np.ndarray | None) -> FeatureStats | None:
+    """``stats`` plus the statistics of a batch ``features`` (N, D); either may be None."""
+    if features is None:
+        return stats
+    batch = FeatureStats.of(features)
+    return batch if stats is None else stats + batch

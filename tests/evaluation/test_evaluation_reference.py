@@ -55,6 +55,16 @@ def test_build_reference_from_folder_npz_and_tar(tmp_path):
     crops = np.stack([center_crop_adm(Image.fromarray(a), 16) for a in originals])
     np.testing.assert_allclose(stored["pool_features"][:3], extractor(crops)["pool"], atol=1e-6)
 
+    # statistics over the first max_images; precision/recall features from a fixed-seed subset
+    capped = build_reference(str(folder), str(tmp_path / "capped.npz"), extractor, 16, include_images=True,
+                             batch_size=2, max_images=5, pr_images=3)
+    again = np.load(build_reference(str(folder), str(tmp_path / "again.npz"), extractor, 16, include_images=True,
+                                    batch_size=3, max_images=5, pr_images=3).source)
+    assert capped.num_images == 5 and capped.pool_features.shape == (3, 16)
+    np.testing.assert_array_equal(again["pool_features"], capped.pool_features)
+    assert again["arr_0"].shape == (3, 16, 16, 3)
+    np.testing.assert_allclose(capped.pool.mu, stored["pool_features"][:5].astype(np.float64).mean(0), atol=1e-6)
+
     loaded = load_reference(str(out))  # no images, no extractor needed
     np.testing.assert_allclose(loaded.pool.mu, stored["pool_features"].astype(np.float64).mean(0), atol=1e-6)
     assert loaded.pool_features.shape == (8, 16) and loaded.spatial.mu.shape == (8,)
