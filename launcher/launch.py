@@ -78,10 +78,11 @@ def submit_run(job: str, config_path: str | None, overrides: list[str], backend_
     return Submitted(record, artifact)
 
 
-def follow(record: runs.RunRecord, rank: int | None = None, out: TextIO = sys.stdout,
+def follow(record: runs.RunRecord, rank: int | None = None, out: TextIO | None = None,
            poll_s: float = 1.0, backend: Backend | None = None) -> str:
-    """Print the run's log as it grows until the run ends; returns the final state."""
+    """Print the run's log (to ``out``, default stdout) as it grows until the run ends; returns the final state."""
     backend = backend or get_backend(record.backend)
+    out = out or sys.stdout
     shown = 0
     while True:
         state = backend.status(record)  # read before the log, so the last read sees the end

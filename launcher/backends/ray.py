@@ -49,6 +49,15 @@ def _client(address: str):
         raise LaunchError(f"cannot reach the Ray job server at {address}: {err}") from None
 
 
+def _call(handle: dict[str, Any], method: str, *args: Any, **kwargs: Any) -> Any:
+    """Call a JobSubmissionClient method; a refusal (unknown job, duplicate id) becomes one line."""
+    client = _client(handle["address"])
+    try:
+        return getattr(client, method)(*args, **kwargs)
+    except (ConnectionError, RuntimeError) as err:
+        raise LaunchError(f"Ray job server at {handle['address']}: {method} failed: {err}") from None
+
+
 class RayBackend:
     name = "ray"
     artifact = "ray_job.json"
@@ -58,18 +67,16 @@ class RayBackend:
         return json.dumps({"address": address, **job_request(sub)}, indent=2) + "\n"
 
     def submit(self, sub: Submission, artifact_path: str) -> dict[str, Any]:
-        address = _address(sub.options)
-        request = job_request(sub)
-        submission_id = _client(address).submit_job(**request)
-        return {"address": address, "submission_id": submission_id}
+        handle = {"address": _address(sub.options)}
+        return {**handle, "submission_id": _call(handle, "submit_job", **job_request(sub))}
 
     def status(self, record: runs.RunRecord) -> str:
-        return _client(record.handle["address"]).get_job_status(record.handle["submission_id"]).value
+        return _call(record.handle, "get_job_status", record.handle["submission_id"]).value
 
     def logs(self, record: runs.RunRecord, rank: int | None = None) -> str:
         if rank is not None:
             raise LaunchError("the Ray backend keeps one log per run (ranks are prefixed in it); drop --rank")
-        return _client(record.handle["address"]).get_job_logs(record.handle["submission_id"])
+        return _call(record.handle, "get_job_logs", record.handle["submission_id"])
 
     def cancel(self, record: runs.RunRecord) -> None:
-        _client(record.handle["address"]).stop_job(record.handle["submission_id"])
+        _call(record.handle, "stop_job", record.handle["submission_id"])

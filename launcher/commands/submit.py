@@ -63,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-id", default=None, help="name the run instead of deriving it from the config")
     parser.add_argument("--python", default=None,
                         help="interpreter on the compute side (default: this one; `python` on ray/kuberay)")
+    parser.add_argument("--template", help="a site-specific copy of the sbatch or RayJob template (Jinja2)")
     parser.add_argument("--dry-run", action="store_true", help="print the launch artifact, submit nothing")
     parser.add_argument("--follow", action="store_true",
                         help="after submitting, print the log until the run ends; exit 0 only if it succeeded")
@@ -76,7 +77,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="an extra #SBATCH line, e.g. --sbatch-arg=--exclusive (repeatable)")
     slurm.add_argument("--setup", action="append", default=[], metavar="LINE",
                        help="a shell line run before the job, e.g. 'source .venv/bin/activate' (repeatable)")
-    slurm.add_argument("--template", help="a custom sbatch / RayJob template (Jinja2) instead of cluster/'s")
     ray = parser.add_argument_group("ray")
     ray.add_argument("--address", help="Ray job server, http://HEAD:8265 (default: $RAY_ADDRESS)")
     ray.add_argument("--working-dir", help="upload this directory as the job's code (runtime_env working_dir)")
