@@ -22,8 +22,8 @@ from lamamba.evaluation import metrics
 from lamamba.evaluation.config import EvalConfig
 from lamamba.evaluation.features import FeatureExtractor, build_extractor
 from lamamba.evaluation.reference import Reference, build_reference, extract_features, load_reference
-from lamamba.evaluation.shards import (METADATA, done_shards, features_name, images_name, read_json,
-                                       read_npz)
+from lamamba.evaluation.shards import (METADATA, done_shards, features_name, images_name, iter_npz_array,
+                                       npz_array_length, npz_keys, read_json, read_npz)
 from lamamba.evaluation.statistics import FeatureStats, accumulate
 
 
@@ -41,12 +41,10 @@ class SampleFeatures:
 def collect_sample_features(samples: str, extractor: FeatureExtractor, batch_size: int = 500) -> SampleFeatures:
     """Features of every finished shard of ``samples`` (in index order), or of one .npz file."""
     if samples.endswith(".npz"):
-        images = read_npz(samples)
-        if "arr_0" not in images:
-            raise ValueError(f"{samples}: no arr_0 in the sample file (keys: {sorted(images)})")
-        arr = images["arr_0"]
-        parts = [extract_features((arr[i:i + batch_size] for i in range(0, len(arr), batch_size)), extractor,
-                                  total=len(arr), desc="sample features")]
+        if "arr_0" not in npz_keys(samples):
+            raise ValueError(f"{samples}: no arr_0 in the sample file (keys: {npz_keys(samples)})")
+        parts = [extract_features(iter_npz_array(samples, "arr_0", batch_size), extractor,
+                                  total=npz_array_length(samples, "arr_0"), desc="sample features")]
         metadata: dict = {}
     else:
         shards = done_shards(samples)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from lamamba import storage
 from lamamba.evaluation.features import FeatureExtractor
-from lamamba.evaluation.shards import read_npz, write_npz
+from lamamba.evaluation.shards import iter_npz_array, npz_array_length, npz_keys, read_npz, write_npz
 from lamamba.evaluation.statistics import FeatureStats, GaussianStats, accumulate
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".JPEG")
@@ -55,17 +55,18 @@ def load_reference(url: str, extractor: FeatureExtractor | None = None, batch_si
     does; features for precision/recall come from ``pool_features`` if stored, else from running
     ``extractor`` over ``arr_0``. Missing pieces raise ValueError naming the file and its keys.
     """
-    data = read_npz(url)
-    keys = sorted(data)
+    data = read_npz(url, skip=("arr_0",))
+    has_images = "arr_0" in npz_keys(url)
+    keys = sorted([*data, *(["arr_0"] if has_images else [])])
     pool_features = data.get("pool_features")
     computed: dict[str, np.ndarray] | None = None
     if pool_features is None or "mu" not in data:
-        if "arr_0" not in data:
+        if not has_images:
             raise ValueError(f"reference {url}: needs mu/sigma and pool_features, or images arr_0; has {keys}")
         if extractor is None:
             raise ValueError(f"reference {url}: its features must be computed from arr_0, but no extractor was given")
-        computed = extract_features(_batches(data["arr_0"], batch_size), extractor, total=len(data["arr_0"]),
-                                    desc="reference features")
+        computed = extract_features(iter_npz_array(url, "arr_0", batch_size), extractor,
+                                    total=npz_array_length(url, "arr_0"), desc="reference features")
         pool_features = computed["pool"]
 
     def stats(mu_key: str, sigma_key: str, feature_key: str) -> GaussianStats | None:
@@ -78,7 +79,7 @@ def load_reference(url: str, extractor: FeatureExtractor | None = None, batch_si
     pool = stats("mu", "sigma", "pool")
     if pool is None:
         raise ValueError(f"reference {url}: no pool_3 statistics (mu, sigma) and none computable; has {keys}")
-    n = len(data["arr_0"]) if "arr_0" in data else (len(pool_features) if pool_features is not None else None)
+    n = npz_array_length(url, "arr_0") if has_images else (len(pool_features) if pool_features is not None else None)
     return Reference(pool, stats("mu_s", "sigma_s", "spatial"), pool_features, url, n)
 
 

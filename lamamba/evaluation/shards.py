@@ -14,6 +14,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,12 +70,56 @@ def write_npz(url: str, **arrays: np.ndarray) -> None:
     storage.write_bytes(url, buf.getvalue())
 
 
-def read_npz(url: str) -> dict[str, np.ndarray]:
-    """All arrays of an .npz at a local path or URL."""
+def read_npz(url: str, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The arrays of an .npz at a local path or URL, except the keys in ``skip`` (members are read
+    one by one, so a skipped multi-GB ``arr_0`` is never loaded)."""
     if not storage.exists(url):
         raise FileNotFoundError(f"no such file: {url}")
-    with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as f:
-        return {key: f[key] for key in f.files}
+    fs, path = storage.filesystem(url)
+    with fs.open(path, "rb") as handle, np.load(handle, allow_pickle=False) as f:
+        return {key: f[key] for key in f.files if key not in skip}
+
+
+def npz_keys(url: str) -> list[str]:
+    """The array names in an .npz (its zip members without ".npy")."""
+    fs, path = storage.filesystem(url)
+    with fs.open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
+        return [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
+
+
+def iter_npz_array(url: str, key: str, batch_size: int) -> Iterator[np.ndarray]:
+    """Stream array ``key`` of an uncompressed .npz in batches along its first axis (ADM's reference
+    images at 512 px are 8 GB: they are never in memory at once)."""
+    fs, path = storage.filesystem(url)
+    with fs.open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
+        with archive.open(f"{key}.npy") as member:
+            shape, fortran, dtype = _npy_header(member, url, key)
+            if fortran or dtype.hasobject:
+                raise ValueError(f"{url}: {key} is stored in an unsupported layout")
+            row = int(np.prod(shape[1:])) * dtype.itemsize
+            for start in range(0, shape[0], batch_size):
+                n = min(batch_size, shape[0] - start)
+                data = member.read(n * row)
+                if len(data) != n * row:
+                    raise ValueError(f"{url}: {key} is truncated")
+                yield np.frombuffer(data, dtype=dtype).reshape(n, *shape[1:])
+
+
+def npz_array_length(url: str, key: str) -> int:
+    """The first dimension of array ``key`` without reading its data."""
+    fs, path = storage.filesystem(url)
+    with fs.open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
+        with archive.open(f"{key}.npy") as member:
+            return int(_npy_header(member, url, key)[0][0])
+
+
+def _npy_header(member, url: str, key: str):
+    """(shape, fortran_order, dtype) of an .npy stream positioned at its start."""
+    version = np.lib.format.read_magic(member)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f"{url}: {key} has .npy format version {version}, expected 1.0 or 2.0")
+    return readers[version](member)
 
 
 def write_json(url: str, data: dict) -> None:

@@ -83,3 +83,22 @@ def test_adm_file_without_statistics_is_computed_from_its_images(tmp_path):
     np.savez(tmp_path / "empty.npz", something=np.zeros(3))
     with pytest.raises(ValueError, match="arr_0"):
         load_reference(str(tmp_path / "empty.npz"), extractor)
+
+
+def test_single_adm_sample_batch_is_streamed_and_evaluated(tmp_path):
+    from lamamba.config import load_config
+    from lamamba.evaluation.config import EvalConfig
+    from lamamba.evaluation.evaluator import evaluate
+    from lamamba.evaluation.shards import iter_npz_array
+
+    images = np.random.default_rng(3).integers(0, 256, size=(7, 16, 16, 3), dtype=np.uint8)
+    np.savez(tmp_path / "samples.npz", arr_0=images)
+    np.savez(tmp_path / "ref.npz", arr_0=images)
+    batches = list(iter_npz_array(str(tmp_path / "samples.npz"), "arr_0", 3))
+    assert [len(b) for b in batches] == [3, 3, 1] and np.array_equal(np.concatenate(batches), images)
+    result = evaluate(load_config(EvalConfig, None, [
+        f"samples={tmp_path / 'samples.npz'}", f"reference={tmp_path / 'ref.npz'}", f"run_dir={tmp_path / 'run'}",
+        "extractor.kind=evaluation_fakes:build", "batch_size=3"]))
+    assert abs(result["metrics"]["fid"]) < 1e-6 and abs(result["metrics"]["sfid"]) < 1e-6
+    assert result["metrics"]["precision"] == result["metrics"]["recall"] == 1.0
+    assert (tmp_path / "run" / "metrics.json").exists()
