@@ -123,7 +123,8 @@ class GaussianDiffusion:
 
     # -- forward process -----------------------------------------------------------------------
 
-    def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor):
+    def q_mean_variance(self, x_start: torch.Tensor,
+                        t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q(x_t | x_0): (mean, variance, log_variance), each broadcastable to x_start's shape."""
         mean = self._gather(self.sqrt_alphas_cumprod, t, x_start) * x_start
         variance = self._gather(1.0 - self.alphas_cumprod, t, x_start)
@@ -140,7 +141,8 @@ class GaussianDiffusion:
         return (self._gather(self.sqrt_alphas_cumprod, t, x_start) * x_start
                 + self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise)
 
-    def q_posterior_mean_variance(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+    def q_posterior_mean_variance(self, x_start: torch.Tensor, x_t: torch.Tensor,
+                                  t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q(x_{t-1} | x_t, x_0): (mean mu~_t, variance beta~_t, clipped log variance)."""
         mean = (self._gather(self.posterior_mean_coef1, t, x_t) * x_start
                 + self._gather(self.posterior_mean_coef2, t, x_t) * x_t)
@@ -160,7 +162,8 @@ class GaussianDiffusion:
         return ((self._gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - pred_xstart)
                 / self._gather(self.sqrt_recipm1_alphas_cumprod, t, x_t))
 
-    def split_output(self, model_output: torch.Tensor, x_t: torch.Tensor):
+    def split_output(self, model_output: torch.Tensor,
+                     x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(eps, v) from a model output (B, 2C or C, ...); v is None without a learned variance."""
         channels = x_t.shape[1]
         expected = 2 * channels if self.variance_type == "learned_range" else channels
@@ -264,7 +267,8 @@ class GaussianDiffusion:
         alpha_bar = self._gather(self.alphas_cumprod, t, x)
         alpha_bar_prev = self._gather(self.alphas_cumprod_prev, t, x)
         sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
-        sample = pred.pred_xstart * torch.sqrt(alpha_bar_prev) + torch.sqrt((1 - alpha_bar_prev - sigma ** 2).clamp(min=0)) * eps
+        direction = torch.sqrt((1 - alpha_bar_prev - sigma ** 2).clamp(min=0)) * eps
+        sample = pred.pred_xstart * torch.sqrt(alpha_bar_prev) + direction
         if eta == 0.0:
             return sample
         if noise is None:
