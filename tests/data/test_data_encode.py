@@ -48,7 +48,7 @@ def s3(image_tree):
     server.stop()
 
 
-def s3_overrides(options, prefix):
+def s3_overrides(options):
     return [f"storage_options.{k}={v}" for k, v in options.items()] + \
            [f"source.storage_options.{k}={v}" for k, v in options.items()]
 
@@ -58,9 +58,8 @@ def ray_encode(run_dir, source, *overrides):
                   "shard_size=4", "batch_size=3", "ray.num_workers=2", "ray.max_retries=1", *overrides)
 
 
-def direct_encode(image_tree, key):
+def direct_encode(encoder, image_tree, key):
     """The reference: one image, one process, no batching."""
-    encoder = build_autoencoder(AutoencoderConfig(kind="tiny-vae"))
     image = to_model_input(load_image(SourceItem(key, 0, os.path.join(image_tree, key))), RESOLUTION, 3)
     return encode_images(encoder, image[None], batch_size=1)[0]
 
@@ -68,7 +67,7 @@ def direct_encode(image_tree, key):
 def test_encode_to_s3_and_local_equal_direct_encode(ray_session, s3, image_tree, tmp_path):
     s3_out = f"s3://{BUCKET}/out"
     _, s3_summary = ray_encode(tmp_path / "s3_run", f"s3://{BUCKET}/images", f"output={s3_out}",
-                               *s3_overrides(s3, "storage_options"))
+                               *s3_overrides(s3))
     local_cfg, local_summary = ray_encode(tmp_path / "local_run", image_tree)
 
     for summary in (s3_summary, local_summary):
@@ -85,12 +84,13 @@ def test_encode_to_s3_and_local_equal_direct_encode(ray_session, s3, image_tree,
     assert manifest["scale_factor"] == pytest.approx(0.18215) and manifest["crop"] == "adm_center_crop"
 
     seen = 0
+    encoder = build_autoencoder(AutoencoderConfig(kind="tiny-vae"))
     for shard in manifest["shards"]:
         data = storage.read_bytes(storage.join(s3_out, shard["name"]), s3)
         arrays = unpack_shard(data, shard["name"])
         for moments, label, source in zip(arrays.moments, arrays.labels, arrays.sources):
             assert label == int(source.split("/")[0].split("_")[1])
-            np.testing.assert_array_equal(moments, direct_encode(image_tree, source))
+            np.testing.assert_array_equal(moments, direct_encode(encoder, image_tree, source))
             seen += 1
     assert seen == 18
 
@@ -135,3 +135,12 @@ def test_failure_between_upload_and_marker_then_rerun(ray_session, image_tree, t
 
     _, again = ray_encode(run_dir, image_tree)  # everything done: nothing is encoded
     assert again.shards_written == [] and again.shards_already_done == 5
+
+    data = bytearray((out / "shard-000004.tar").read_bytes())  # same size, different bytes
+    data[600] ^= 0xFF
+    (out / "shard-000004.tar").write_bytes(bytes(data))
+    _, size_only = ray_encode(run_dir, image_tree)
+    assert size_only.shards_written == []
+    _, verified = ray_encode(run_dir, image_tree, "verify_checksums=true")
+    assert verified.shards_written == ["shard-000004.tar"]
+    assert json.loads((out / "manifest.json").read_text())["id"] == manifest["id"]
