@@ -2,8 +2,8 @@
 
 The process (and everything it starts: torchrun and its ranks, a local Ray) runs in its own
 session, so cancel can stop the whole group; its output is appended to ``<run_dir>/logs/local.log``.
-The record holds the pid and the process start time, so a recycled pid is never mistaken for
-the run.
+The record holds the pid and the process start time (from /proc: Linux), so a recycled pid is
+never mistaken for the run.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def _proc_start_time(pid: int) -> str | None:
 
 
 def _alive(handle: dict[str, Any]) -> bool:
-    return _proc_start_time(handle["pid"]) == handle["start_time"]
+    start_time = _proc_start_time(handle["pid"])
+    return start_time is not None and start_time == handle["start_time"]
 
 
 class LocalBackend:

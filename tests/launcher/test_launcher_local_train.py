@@ -34,7 +34,7 @@ def _wait_for(predicate, what, timeout_s=240):
 def test_local_train_cancel_then_resume(digits_latents, tmp_path, capsys):
     root = str(tmp_path / "runs")
     submit = ["submit", "train", str(REPO / "configs/train/tiny_digits.yaml"), f"data.manifest={digits_latents}",
-              "max_steps=4", "monitor.sample_every=1000", "engine.activation_checkpointing=none",
+              "max_steps=5", "monitor.sample_every=1000", "engine.activation_checkpointing=none",
               "--backend", "local", "--gpus-per-node", "2",
               "--runs-root", root]
     assert main(submit) == 0
@@ -55,13 +55,13 @@ def test_local_train_cancel_then_resume(digits_latents, tmp_path, capsys):
     assert main([*submit, "--follow"]) == 0
     out = capsys.readouterr().out
     assert f"submitted {run_id} to local (submission 2" in out
-    assert "resumed from" in out and "checkpoints/step_0000000" in out and "finished: 4 steps" in out
+    assert "resumed from" in out and "checkpoints/step_0000000" in out and "finished: 5 steps" in out
     assert f"{run_id}: SUCCEEDED" in out
-    assert (Path(record.run_dir) / "checkpoints" / "step_00000004" / "COMMITTED").exists()
+    assert (Path(record.run_dir) / "checkpoints" / "step_00000005" / "COMMITTED").exists()
     assert (Path(record.run_dir) / "launch" / "FINISHED").exists()
 
     # Each rank's output is kept apart as well.
     assert main(["logs", run_id, "--rank", "1", "--runs-root", root]) == 0
     assert "resumed from" not in capsys.readouterr().out  # rank 1 does not log; rank 0 does
     assert main(["logs", run_id, "--rank", "0", "--runs-root", root]) == 0
-    assert "finished: 4 steps" in capsys.readouterr().out
+    assert "finished: 5 steps" in capsys.readouterr().out
