@@ -29,6 +29,7 @@ import tempfile
 from lamamba import storage
 from launcher import runs
 from launcher.jobs import JOBS, job_command
+from launcher.slurm_env import SlurmEnvError, rendezvous_from_env
 
 
 def torchrun_prefix(python: str, nnodes: int, nproc_per_node: int, node_rank: int = 0,
@@ -90,6 +91,8 @@ class Supervisor:
                       flush=True)
             print(f"[lamamba] starting: {subprocess.list2cmdline(cmd)}", flush=True)
             self.child = subprocess.Popen(cmd)
+            if self.stopping:  # the signal came while the child was being started
+                self.child.send_signal(signal.SIGTERM)
             rc = self.child.wait()
             if self.stopping:  # cancelled: a job that checkpointed and exited 0 has not finished
                 return runs.STOPPED, rc, attempt
@@ -108,8 +111,6 @@ def job_process_command(args: argparse.Namespace, config: str) -> tuple[list[str
         log_dir = rank_log_dir(args.run_dir, 0)
         return torchrun_prefix(args.python, 1, args.nproc_per_node, log_dir=log_dir) + module_args, 0
     if args.rendezvous == "slurm":
-        from launcher.slurm_env import rendezvous_from_env
-
         rdzv = rendezvous_from_env(os.environ)
         prefix = torchrun_prefix(args.python, rdzv.nnodes, args.nproc_per_node, rdzv.node_rank, rdzv.master_addr,
                                  rdzv.master_port, rank_log_dir(args.run_dir, rdzv.node_rank))
@@ -134,7 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cmd, node_rank = job_process_command(args, local_config(args.run_dir))
+    try:
+        cmd, node_rank = job_process_command(args, local_config(args.run_dir))
+    except SlurmEnvError as err:
+        print(f"[lamamba] cannot join the SLURM job: {err}", file=sys.stderr, flush=True)
+        return 2
     if node_rank == 0:  # a requeued or restarted job starts without the last attempt's ending
         runs.clear_outcome(args.run_dir)
     state, rc, attempts = Supervisor(args.max_restarts).run(cmd)

@@ -51,11 +51,12 @@ def make_run_id(job: str, config_path: str | None, cfg: Any) -> str:
     """``<job>-<config file stem>-<8 hex of the config hash>``, e.g. ``train-s-256-3f2a9c1d``.
 
     The hash is taken with ``run_dir`` blanked, so it depends only on the settings. The id is a
-    valid DNS-1123 label (lowercase, digits, '-', at most 63 characters) for Kubernetes and Ray.
+    DNS-1123 label of at most 42 characters (lowercase, digits, '-'), short enough for the names
+    KubeRay derives from a RayJob's.
     """
     stem = Path(config_path).stem if config_path else "defaults"
     digest = config_hash(dataclasses.replace(cfg, run_dir=""))[:8]
-    return f"{job}-{_slug(stem, 40)}-{digest}"
+    return f"{job}-{_slug(stem, 24)}-{digest}"
 
 
 def validate_run_id(run_id: str) -> str:
