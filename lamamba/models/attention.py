@@ -6,6 +6,8 @@ module with the window set to the whole map.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,6 +20,17 @@ def relative_position_index(wh: int, ww: int) -> torch.Tensor:
     coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
     rel = coords[:, :, None] - coords[:, None, :]
     return (rel[0] + wh - 1) * (2 * ww - 1) + (rel[1] + ww - 1)
+
+
+def resize_relative_position_bias(table: torch.Tensor, size: int) -> torch.Tensor:
+    """Bicubic resize of a ((2w-1)^2, heads) bias table of square windows to ``size`` rows."""
+    old_side, new_side = math.isqrt(table.shape[0]), math.isqrt(size)
+    if old_side ** 2 != table.shape[0] or new_side ** 2 != size:
+        raise ValueError(f"cannot resize a relative position bias table of {table.shape[0]} rows to {size}: "
+                         "only square windows are supported")
+    grid = table.t().reshape(1, -1, old_side, old_side).float()
+    grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
+    return grid.reshape(-1, size).t().to(table.dtype).contiguous()
 
 
 def shifted_window_mask(height: int, width: int, wh: int, ww: int, shift: int) -> torch.Tensor:

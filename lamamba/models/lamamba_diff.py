@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from lamamba.diffusion.guidance import guided_forward
+from lamamba.models.attention import resize_relative_position_bias
 from lamamba.models.block import LaMambaBlock, modulate
 from lamamba.models.config import ModelConfig
 from lamamba.models.embeddings import LabelEmbedder, TimestepEmbedder, resize_pos_embed, sincos_pos_embed_2d
@@ -225,11 +226,18 @@ class LaMambaDiff(nn.Module):
         return {name for name, _ in self.named_parameters() if name.rsplit(".", 1)[-1] in ("A_logs", "Ds")}
 
     def load_state_dict_resized(self, state_dict: dict[str, torch.Tensor], strict: bool = True):
-        """Load weights trained at another resolution: the positional embedding is interpolated
-        (bicubic) to this model's grid; masks and scan indices are rebuilt, not loaded."""
+        """Load weights trained at another resolution: the positional embedding, and the relative
+        position bias tables of stages whose window changed size, are interpolated (bicubic) to
+        this model's sizes; masks and scan indices are rebuilt, not loaded."""
         state_dict = dict(state_dict)
-        if "pos_embed" in state_dict:
-            state_dict["pos_embed"] = resize_pos_embed(state_dict["pos_embed"], self.pos_embed.shape[1:3])
+        own = self.state_dict()
+        for name, value in state_dict.items():
+            if name not in own or own[name].shape == value.shape:
+                continue
+            if name == "pos_embed":
+                state_dict[name] = resize_pos_embed(value, own[name].shape[1:3])
+            elif name.endswith("relative_position_bias_table"):
+                state_dict[name] = resize_relative_position_bias(value, own[name].shape[0])
         return self.load_state_dict(state_dict, strict=strict)
 
 
