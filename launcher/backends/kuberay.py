@@ -52,8 +52,9 @@ class KubeRayBackend:
         if proc.returncode != 0:  # deleted (cancelled, or cleaned up after its TTL)
             outcome = runs.read_outcome(record.run_dir)
             return outcome["state"] if outcome else runs.UNKNOWN
-        job_status, _, deployment = proc.stdout.strip().partition(" ")
-        if deployment == "Failed" and job_status not in (runs.SUCCEEDED, runs.STOPPED):
+        # "<jobStatus> <jobDeploymentStatus>"; the job status is empty until the job starts.
+        job_status, _, deployment = proc.stdout.strip("\n").partition(" ")
+        if deployment.strip() == "Failed" and job_status not in (runs.SUCCEEDED, runs.STOPPED):
             return runs.FAILED
         return job_status or runs.PENDING
 

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import stat
 import subprocess
 import time
 
@@ -11,13 +10,6 @@ import pytest
 from launcher import runs
 from launcher.backends.slurm import slurm_state
 from launcher.cli import main
-
-FAKE_TOOL = """#!/bin/sh
-# Records its arguments, prints what the test put in $FAKE_DIR/<tool>.out.
-echo "$(basename "$0") $*" >> "$FAKE_DIR/calls.log"
-[ -f "$FAKE_DIR/$(basename "$0").out" ] && cat "$FAKE_DIR/$(basename "$0").out"
-exit 0
-"""
 
 # srun stands for the job step: it records itself and runs until the test (or a requeue) stops it.
 FAKE_SRUN = """#!/bin/sh
@@ -35,23 +27,12 @@ touch "$FAKE_DIR/stop"
 
 
 @pytest.fixture
-def fake_slurm(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, body in [("sbatch", FAKE_TOOL), ("squeue", FAKE_TOOL), ("sacct", FAKE_TOOL), ("scancel", FAKE_TOOL),
-                       ("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)]:
-        path = bin_dir / name
-        path.write_text(body)
-        path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_DIR", str(tmp_path))
-    (tmp_path / "sbatch.out").write_text("4242;cluster1\n")
-
-    def calls():
-        log = tmp_path / "calls.log"
-        return log.read_text().splitlines() if log.exists() else []
-
-    return tmp_path, calls
+def fake_slurm(fake_tools):
+    install, fake_dir, calls = fake_tools
+    install({"sbatch": None, "squeue": None, "sacct": None, "scancel": None,
+             "srun": FAKE_SRUN, "scontrol": FAKE_SCONTROL})
+    (fake_dir / "sbatch.out").write_text("4242;cluster1\n")
+    return fake_dir, calls
 
 
 @pytest.fixture
