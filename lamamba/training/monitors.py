@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-NUM_QUARTERS = 4
+from lamamba.training.step import NUM_QUARTERS
 
 
 @dataclass

@@ -22,23 +22,17 @@ import yaml
 
 from lamamba import storage
 from lamamba.config import ConfigError, config_hash, to_dict
-from lamamba.rng import PerSampleGenerators
 from lamamba.training.checkpointer import Checkpointer, step_dir_name
 from lamamba.training.config import TrainConfig
 from lamamba.training.distributed import World, all_reduce_sum, init_distributed, shutdown
 from lamamba.training.ema import EMA
 from lamamba.training.engine import build_engine, plan_batches
-from lamamba.training.monitors import NUM_QUARTERS, IntervalMeter, MetricsSinks, StepStats, format_line
+from lamamba.training.monitors import IntervalMeter, MetricsSinks, StepStats, format_line
 from lamamba.training.numerics import NumericsGuard
 from lamamba.training.preemption import PreemptionWatcher
+from lamamba.training.step import COUNT, LOSS, MSE, QCOUNT, QSUM, STOP, VB, VECTOR, DiffusionTrainStep
 
 log = logging.getLogger("lamamba.train")
-
-# Layout of the per-step all-reduced vector.
-_LOSS, _MSE, _VB, _COUNT, _STOP = 0, 1, 2, 3, 4
-_QSUM = 5
-_QCOUNT = _QSUM + NUM_QUARTERS
-_VECTOR = _QCOUNT + NUM_QUARTERS
 
 
 def setup_logging(run_dir: str, world: World) -> None:
@@ -123,9 +117,10 @@ class Trainer:
         model.set_activation_checkpointing(cfg.engine.activation_checkpointing)
         num_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
         self.engine = build_engine(model, cfg, self.plan)
-        self.dtype = torch.bfloat16 if cfg.engine.precision == "bf16" else torch.float32
+        dtype = torch.bfloat16 if cfg.engine.precision == "bf16" else torch.float32
         self.ema = EMA(self.engine.module, cfg.ema.decays, keep=world.is_main)
-        self.diffusion = create_diffusion(**dataclasses.asdict(cfg.diffusion))
+        self.train_step = DiffusionTrainStep(self.engine, create_diffusion(**dataclasses.asdict(cfg.diffusion)),
+                                             self.plan, cfg.seed, cfg.model.class_dropout_prob, dtype, self.device)
 
         self.step = 0
         skipped = 0
@@ -174,46 +169,6 @@ class Trainer:
             if changed:
                 log.warning("the config differs from the checkpoint's in: %s", ", ".join(changed))
 
-    # ---- one step ------------------------------------------------------------------------------
-    def _model_fn(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, drop_mask: torch.Tensor) -> torch.Tensor:
-        return self.engine(x.to(self.dtype), t, y, drop_mask=drop_mask).float()
-
-    def _train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float | None, bool, float]:
-        """Forward / backward / optimizer step on this rank's share of the global batch.
-
-        Returns the local sums vector (see _VECTOR), the global grad norm, whether the optimizer
-        applied the step, and the learning rate used.
-        """
-        from lamamba.diffusion import training_draws
-
-        keys = list(zip(batch["index"].tolist(), batch["epoch"].tolist()))
-        x = batch["x"].to(self.device)
-        num_t = self.diffusion.num_timesteps
-        t, noise = training_draws(self.cfg.seed, keys, num_t, x.shape[1:], device=self.device)
-        drop = PerSampleGenerators(self.cfg.seed, "label_drop", keys).rand(device=self.device)
-        drop = drop < self.cfg.model.class_dropout_prob
-        y = batch["y"].to(self.device)
-        lr = float(self.engine.get_lr()[0])
-        sums = torch.zeros(_VECTOR, dtype=torch.float64)
-        mb = self.plan.micro_batch
-        for start in range(0, x.shape[0], mb):
-            part = slice(start, start + mb)
-            terms = self.diffusion.training_losses(self._model_fn, x[part], t[part], noise=noise[part],
-                                                   model_kwargs={"y": y[part], "drop_mask": drop[part]})
-            self.engine.backward(terms["loss"].mean())
-            self.engine.step()
-            loss = terms["loss"].detach().double().cpu()
-            sums[_LOSS] += loss.sum()
-            sums[_MSE] += terms["mse"].detach().double().sum().cpu()
-            sums[_VB] += terms["vb"].detach().double().sum().cpu()
-            sums[_COUNT] += loss.numel()
-            quarter = (t[part].cpu() * NUM_QUARTERS) // num_t
-            sums[_QSUM:_QCOUNT] += torch.zeros(NUM_QUARTERS, dtype=torch.float64).index_add_(0, quarter, loss)
-            sums[_QCOUNT:_VECTOR] += torch.bincount(quarter, minlength=NUM_QUARTERS).double()
-        norm = self.engine.get_global_grad_norm()
-        norm = None if norm is None else float(norm)
-        return sums, norm, bool(self.engine.was_step_applied()), lr
-
     # ---- the loop ------------------------------------------------------------------------------
     def _save(self) -> str:
         state = {"step": self.step, "samples_consumed": self.loader.samples_consumed,
@@ -244,24 +199,25 @@ class Trainer:
             while self.step < cfg.max_steps:
                 batch = next(batches)
                 data_time = time.perf_counter() - last
-                sums, norm, applied, lr = self._train_step(batch)
-                sums[_STOP] = float(watcher.stop_requested())
-                total = all_reduce_sum(sums)
+                result = self.train_step(batch)
+                result.sums[STOP] = float(watcher.stop_requested())
+                total = all_reduce_sum(result.sums)
                 self.step += 1
-                loss = float(total[_LOSS] / total[_COUNT])
-                skipped = self.guard.check(self.step, loss, norm, applied)
+                loss = float(total[LOSS] / total[COUNT])
+                norm = result.grad_norm
+                skipped = self.guard.check(self.step, loss, norm, result.applied)
                 if not skipped:
                     self.ema.update()
                 now = time.perf_counter()
                 self.meter.add(StepStats(
-                    step=self.step, loss=loss, mse=float(total[_MSE] / total[_COUNT]),
-                    vb=float(total[_VB] / total[_COUNT]), quarter_loss_sum=total[_QSUM:_QCOUNT].tolist(),
-                    quarter_count=total[_QCOUNT:_VECTOR].tolist(), grad_norm=norm, lr=lr, skipped=skipped,
+                    step=self.step, loss=loss, mse=float(total[MSE] / total[COUNT]),
+                    vb=float(total[VB] / total[COUNT]), quarter_loss_sum=total[QSUM:QCOUNT].tolist(),
+                    quarter_count=total[QCOUNT:VECTOR].tolist(), grad_norm=norm, lr=result.lr, skipped=skipped,
                     images=cfg.global_batch, step_time=now - last, data_time=data_time))
                 if skipped:
                     log.warning("step %d skipped: non-finite loss %s or grad norm %s (%d in a row)",
                                 self.step, loss, norm, self.guard.consecutive)
-                stop = total[_STOP] > 0
+                stop = total[STOP] > 0
                 if watcher.received:
                     log.warning("%s received: stopping at step %d after a checkpoint", watcher.received, self.step)
                 if self.step % mon.log_every == 0 or stop or self.step == cfg.max_steps:

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load
 
 from lamamba import storage
-from training_helpers import output, run, launch, wait
+from training_helpers import launch, output, wait
 
 BUCKET = "lamamba-ckpt"
 
