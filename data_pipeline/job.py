@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -89,12 +88,19 @@ def _encode_task(shard: PlannedShard, cfg: EncodeConfig) -> dict[str, Any]:
 
 
 def _run_local(todo: list[PlannedShard], cfg: EncodeConfig, on_done) -> dict[str, str]:
+    """The plain loop: each shard tried up to 1 + ``ray.max_retries`` times, failures reported."""
     failures = {}
     for shard in todo:
-        try:
-            on_done(_encode_task(shard, cfg))
-        except Exception as err:  # noqa: BLE001 - reported per shard; the other shards go on
-            failures[shard.tar_name] = f"{type(err).__name__}: {err}"
+        for attempt in range(cfg.ray.max_retries + 1):
+            try:
+                record = _encode_task(shard, cfg)
+            except Exception as err:  # noqa: BLE001 - reported per shard; the other shards go on
+                failures[shard.tar_name] = f"{type(err).__name__}: {err}"
+                log.warning("shard %s, attempt %d: %s", shard.tar_name, attempt + 1, err)
+                continue
+            failures.pop(shard.tar_name, None)
+            on_done(record)
+            break
     return failures
 
 

@@ -9,11 +9,8 @@ from PIL import Image
 from data_pipeline import EncodeConfig, run_encode
 from lamamba.config import load_config
 
-RESOLUTION = 32
-
-
 def make_image_tree(root, classes=3, per_class=6, seed=0):
-    """PNG/JPEG images of varied sizes (some smaller than RESOLUTION) and one corrupt file."""
+    """PNG/JPEG images of varied sizes (some smaller than 32 px) and one corrupt file."""
     rng = np.random.default_rng(seed)
     for c in range(classes):
         folder = os.path.join(root, f"class_{c}")
@@ -33,16 +30,22 @@ def image_tree(tmp_path_factory):
     return make_image_tree(str(tmp_path_factory.mktemp("images")))
 
 
-def encode(run_dir, *overrides):
-    """Run the encode job in-process with the given overrides; returns (config, summary)."""
+def _encode(run_dir, *overrides):
+    """Run the encode job in this process with the given overrides; returns (config, summary)."""
     cfg = load_config(EncodeConfig, None, [f"run_dir={run_dir}", *overrides])
     return cfg, run_encode(cfg)
+
+
+@pytest.fixture(scope="session")
+def encode():
+    """``encode(run_dir, "key=value", ...) -> (EncodeConfig, EncodeSummary)``."""
+    return _encode
 
 
 @pytest.fixture(scope="session")
 def tiny_vae_dataset(image_tree, tmp_path_factory):
     """The image tree encoded with the tiny VAE in-process (no Ray): the manifest's folder."""
     run_dir = tmp_path_factory.mktemp("tiny_run")
-    cfg, _ = encode(run_dir, f"source.path={image_tree}", "autoencoder.kind=tiny-vae",
-                    f"resolution={RESOLUTION}", "shard_size=4", "ray.num_workers=0")
+    cfg, _ = _encode(run_dir, f"source.path={image_tree}", "autoencoder.kind=tiny-vae", "resolution=32",
+                     "shard_size=4", "ray.num_workers=0")
     return cfg.output_url

@@ -17,9 +17,8 @@ from lamamba.autoencoders import AutoencoderConfig, build_autoencoder
 from lamamba.data import LatentLoader, read_manifest
 from lamamba.data.shard_format import unpack_shard
 
-from conftest import RESOLUTION, encode
-
 BUCKET = "latents-test"
+RESOLUTION = 32
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +52,13 @@ def s3_overrides(options):
            [f"source.storage_options.{k}={v}" for k, v in options.items()]
 
 
-def ray_encode(run_dir, source, *overrides):
-    return encode(run_dir, f"source.path={source}", "autoencoder.kind=tiny-vae", f"resolution={RESOLUTION}",
-                  "shard_size=4", "batch_size=3", "ray.num_workers=2", "ray.max_retries=1", *overrides)
+@pytest.fixture(scope="module")
+def ray_encode(ray_session, encode):
+    """The tiny-VAE encode job of a source on the shared local Ray, 2 workers."""
+    def run(run_dir, source, *overrides):
+        return encode(run_dir, f"source.path={source}", "autoencoder.kind=tiny-vae", f"resolution={RESOLUTION}",
+                      "shard_size=4", "batch_size=3", "ray.num_workers=2", "ray.max_retries=1", *overrides)
+    return run
 
 
 def direct_encode(encoder, image_tree, key):
@@ -64,7 +67,7 @@ def direct_encode(encoder, image_tree, key):
     return encode_images(encoder, image[None], batch_size=1)[0]
 
 
-def test_encode_to_s3_and_local_equal_direct_encode(ray_session, s3, image_tree, tmp_path):
+def test_encode_to_s3_and_local_equal_direct_encode(ray_encode, s3, image_tree, tmp_path):
     s3_out = f"s3://{BUCKET}/out"
     _, s3_summary = ray_encode(tmp_path / "s3_run", f"s3://{BUCKET}/images", f"output={s3_out}",
                                *s3_overrides(s3))
@@ -104,7 +107,7 @@ def test_encode_to_s3_and_local_equal_direct_encode(ray_session, s3, image_tree,
     torch.testing.assert_close(batches[0], batches[1], rtol=0, atol=0)
 
 
-def test_failure_between_upload_and_marker_then_rerun(ray_session, image_tree, tmp_path):
+def test_failure_between_upload_and_marker_then_rerun(ray_encode, image_tree, tmp_path):
     run_dir = tmp_path / "run"
     out = run_dir / "latents"
     # A directory where shard 1's marker goes: its upload succeeds, writing its marker fails (every retry).

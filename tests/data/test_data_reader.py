@@ -12,8 +12,6 @@ from lamamba.autoencoders import AutoencoderConfig, build_autoencoder
 from lamamba.data import LatentLoader, ShardError
 from lamamba.rng import PerSampleGenerators, keyed_seed, purpose_id
 
-from conftest import encode
-
 G = 6  # global batch; the dataset has 18 items, so 3 steps per epoch
 
 
@@ -104,7 +102,7 @@ def test_bad_arguments_are_named(tiny_vae_dataset, cache):
         LatentLoader(cache + "/nowhere", 4, 0, 1, seed=0, cache_dir=cache)
 
 
-def test_digits_identity_round_trip(tmp_path):
+def test_digits_identity_round_trip(encode, tmp_path):
     train, test = digits_split("train"), digits_split("test")
     assert len(train) + len(test) == 1797 and not set(train) & set(test)
     assert np.array_equal(np.sort(np.concatenate([train, test])), digits_split("all"))
