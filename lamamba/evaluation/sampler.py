@@ -138,7 +138,11 @@ def protocol(cfg: SampleConfig) -> dict:
     url = weights_url(cfg.checkpoint)
     _, model_cfg, _ = read_model_file(url)
     num_classes = cfg.num_classes or model_cfg.num_classes
+    if not 0 < num_classes <= model_cfg.num_classes:
+        raise ConfigError(f"num_classes: {num_classes} is not in 1..{model_cfg.num_classes} (the model's classes)")
     guided = model_cfg.in_channels if cfg.guided_channels is None else cfg.guided_channels
+    if not 0 < guided <= model_cfg.in_channels:
+        raise ConfigError(f"guided_channels: {guided} is not in 1..{model_cfg.in_channels} (the model's eps channels)")
     plan = ShardPlan(cfg.num_samples, cfg.shard_size)
     return {
         "checkpoint": cfg.checkpoint,
@@ -172,7 +176,9 @@ def write_or_check_metadata(cfg: SampleConfig, proto: dict) -> None:
     url = storage.join(cfg.out_url, METADATA)
     if storage.exists(url):
         existing = read_json(url).get("protocol", {})
-        differing = sorted(k for k in set(existing) | set(proto) if existing.get(k) != proto.get(k))
+        # the weights are identified by their hash; the same file under another path is fine
+        differing = sorted(k for k in set(existing) | set(proto)
+                           if k != "checkpoint" and existing.get(k) != proto.get(k))
         if differing:
             raise ConfigError(f"out: {cfg.out_url} holds samples made with a different {', '.join(differing)} "
                               f"(see its {METADATA}); use another out")

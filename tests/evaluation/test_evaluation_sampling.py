@@ -123,6 +123,9 @@ def test_rerun_with_another_protocol_is_refused(work):
     cfg = load_config(SampleConfig, None, [*BASE, "cfg_scale=4.0", f"checkpoint={work['ckpt']}", f"out={work['local']}"])
     with pytest.raises(ConfigError, match="cfg_scale"):
         run_sampling(cfg)
+    with pytest.raises(ConfigError, match="guided_channels"):
+        run_sampling(load_config(SampleConfig, None, [*BASE, "guided_channels=5", f"checkpoint={work['ckpt']}",
+                                                      f"out={work['root'] / 'never'}"]))
     with pytest.raises(ConfigError, match="does not exist"):
         run_sampling(load_config(SampleConfig, None, [*BASE, f"checkpoint={work['root'] / 'nope.safetensors'}"]))
 
