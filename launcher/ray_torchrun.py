@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     gpus = args.nproc_per_node if ray.cluster_resources().get("GPU", 0) else 0
     bundle = {"CPU": 1, **({"GPU": gpus} if gpus else {})}
     pg = placement_group([bundle] * args.nnodes, strategy="STRICT_SPREAD" if args.nnodes > 1 else "PACK")
+    print(f"[lamamba] waiting for {args.nnodes} node(s) with {bundle} each (an autoscaler may be adding them)",
+          flush=True)
     ray.get(pg.ready())
 
     def on_bundle(i: int):

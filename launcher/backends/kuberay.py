@@ -14,6 +14,7 @@ from typing import Any
 
 from launcher import runs
 from launcher.backends import Submission, cluster_file, render_template, run_tool
+from launcher.backends.slurm import default_cpus
 from launcher.errors import LaunchError
 
 RAY_VERSION = "2.60.0"
@@ -35,7 +36,7 @@ class KubeRayBackend:
             gpus_per_node=sub.gpus_per_node, max_restarts=sub.max_restarts,
             entrypoint=shlex.join([sub.python, *sub.entrypoint_args("ray")]),
             namespace=opts.get("namespace") or "default", image=opts.get("image") or "lamamba:latest",
-            cpus_per_node=opts.get("cpus_per_task") or 8, memory_per_node=opts.get("memory") or "64Gi",
+            cpus_per_node=opts.get("cpus_per_task") or default_cpus(sub.gpus_per_node), memory_per_node=opts.get("memory") or f"{32 * max(1, sub.gpus_per_node)}Gi",
             secret=opts.get("secret") or "", ray_version=RAY_VERSION)
 
     def submit(self, sub: Submission, artifact_path: str) -> dict[str, Any]:

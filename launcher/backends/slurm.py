@@ -34,6 +34,11 @@ def slurm_state(state: str) -> str:
     return _STATES.get(word, runs.FAILED) if word else runs.UNKNOWN
 
 
+def default_cpus(gpus_per_node: int) -> int:
+    """CPUs a node asks for unless told: 8 per GPU (data loading, checkpoint writing), at least 8."""
+    return 8 * max(1, gpus_per_node)
+
+
 class SlurmBackend:
     name = "slurm"
     artifact = "job.sbatch"
@@ -49,7 +54,7 @@ class SlurmBackend:
             opts.get("template") or cluster_file("slurm", "job.sbatch.j2"),
             run_id=sub.run_id, job=sub.job, run_dir=shlex.quote(sub.run_dir), nodes=sub.nodes,
             gpus_per_node=sub.gpus_per_node, distributed=JOBS[sub.job].distributed,
-            cpus_per_task=opts.get("cpus_per_task") or 8, partition=opts.get("partition") or "",
+            cpus_per_task=opts.get("cpus_per_task") or default_cpus(sub.gpus_per_node), partition=opts.get("partition") or "",
             account=opts.get("account") or "", time=opts.get("time") or "",
             extra_sbatch=opts.get("sbatch_args") or [], setup=opts.get("setup") or [],
             workdir=shlex.quote(opts.get("workdir") or os.getcwd()),

@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument("--time", help="time limit, e.g. 48:00:00 (the job requeues itself before it)")
     slurm.add_argument("--account", help="SLURM account")
     slurm.add_argument("--cpus-per-node", type=int, default=None,
-                       help="CPUs per node (slurm --cpus-per-task, kuberay worker CPUs; default 8)")
+                       help="CPUs per node (slurm --cpus-per-task, kuberay worker CPUs; default 8 per GPU)")
     slurm.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                        help="an extra #SBATCH line, e.g. --sbatch-arg=--exclusive (repeatable)")
     slurm.add_argument("--setup", action="append", default=[], metavar="LINE",
@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kuberay.add_argument("--image", help="container image with lamamba installed (default lamamba:latest)")
     kuberay.add_argument("--namespace", help="Kubernetes namespace (default: default)")
     kuberay.add_argument("--secret", help="a Secret whose keys become env vars (S3 credentials, endpoint)")
-    kuberay.add_argument("--memory-per-node", help="worker pod memory (default 64Gi)")
+    kuberay.add_argument("--memory-per-node", help="worker pod memory (default 32Gi per GPU)")
 
 
 def run(args: argparse.Namespace) -> int:
