@@ -69,3 +69,23 @@ def test_rayjob_golden(nodes):
     assert limits["nvidia.com/gpu"] == 8
     assert doc["spec"]["entrypoint"].startswith("python -m launcher.entrypoint train --run-dir=/shared/runs/")
     assert f"--nnodes={nodes}" in doc["spec"]["entrypoint"]
+
+
+@pytest.mark.parametrize("backend", ["local", "slurm", "ray", "kuberay"])
+def test_dry_run_prints_the_artifact_and_submits_nothing(backend, tmp_path, capsys):
+    import json
+
+    from launcher.cli import main
+
+    config = tmp_path / "digits.yaml"
+    config.write_text("source: {kind: digits}\n")
+    root = tmp_path / "runs"
+    assert main(["submit", "encode", str(config), "--backend", backend, "--runs-root", str(root),
+                 "--address", "http://head:8265", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "-m launcher.entrypoint encode" in out or "launcher.entrypoint" in out
+    assert not root.exists()  # nothing written, nothing submitted
+    if backend == "ray":
+        request = json.loads(out)
+        assert request["address"] == "http://head:8265" and request["submission_id"].startswith("encode-digits-")
+        assert request["entrypoint"].startswith("python -m launcher.entrypoint encode --run-dir=")
