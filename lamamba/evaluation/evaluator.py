@@ -21,7 +21,7 @@ from lamamba.config import ConfigError
 from lamamba.evaluation import metrics
 from lamamba.evaluation.config import EvalConfig
 from lamamba.evaluation.features import FeatureExtractor, build_extractor
-from lamamba.evaluation.reference import Reference, build_reference, extract_features, load_reference
+from lamamba.evaluation.reference import Reference, build_reference, load_reference
 from lamamba.evaluation.shards import (METADATA, done_shards, features_name, images_name, iter_npz_array,
                                        npz_array_length, npz_keys, read_json, read_npz)
 from lamamba.evaluation.statistics import FeatureStats, accumulate
@@ -39,33 +39,36 @@ class SampleFeatures:
 
 
 def collect_sample_features(samples: str, extractor: FeatureExtractor, batch_size: int = 500) -> SampleFeatures:
-    """Features of every finished shard of ``samples`` (in index order), or of one .npz file."""
+    """Features of every shard of ``samples`` (in index order; all must be finished), or of one
+    .npz file. Statistics are merged part by part; only pool_3 features and logits are kept."""
     if samples.endswith(".npz"):
         if "arr_0" not in npz_keys(samples):
             raise ValueError(f"{samples}: no arr_0 in the sample file (keys: {npz_keys(samples)})")
-        parts = [extract_features(iter_npz_array(samples, "arr_0", batch_size), extractor,
-                                  total=npz_array_length(samples, "arr_0"), desc="sample features")]
-        metadata: dict = {}
+        parts = (extractor(batch) for batch in iter_npz_array(samples, "arr_0", batch_size))
+        total, unit, metadata = -(-npz_array_length(samples, "arr_0") // batch_size), "batch", {}
     else:
         shards = done_shards(samples)
         if not shards:
             raise ValueError(f"no finished shards (shard_*.done) under {samples}")
-        metadata = read_json(storage.join(samples, METADATA)) if storage.exists(storage.join(samples, METADATA)) else {}
-        expected = metadata.get("num_shards")
+        meta_url = storage.join(samples, METADATA)
+        metadata = read_json(meta_url) if storage.exists(meta_url) else {}
+        expected = metadata.get("protocol", {}).get("num_shards")
         if expected is not None and len(shards) != expected:
             missing = sorted(set(range(expected)) - set(shards))
             raise ValueError(f"{samples}: {len(missing)} of {expected} shards are not finished "
                              f"(first: {missing[:5]}); rerun `lamamba sample` to complete them")
-        parts = []
-        for shard in tqdm(shards, desc="sample shards", unit="shard", dynamic_ncols=True):
-            parts.append(_shard_features(samples, shard, extractor, batch_size))
+        parts = (_shard_features(samples, shard, extractor, batch_size) for shard in shards)
+        total, unit = len(shards), "shard"
     pool = spatial = None
-    for part in parts:
+    pool_features, logits = [], []
+    for part in tqdm(parts, total=total, desc="sample features", unit=unit, dynamic_ncols=True):
         pool = accumulate(pool, part["pool"])
         spatial = accumulate(spatial, part.get("spatial"))
-    logits = np.concatenate([p["logits"] for p in parts]) if all("logits" in p for p in parts) else None
-    return SampleFeatures(pool, spatial, np.concatenate([p["pool"] for p in parts]).astype(np.float32), logits,
-                          metadata)
+        pool_features.append(part["pool"].astype(np.float32))
+        logits.append(part.get("logits"))
+    has_logits = all(x is not None for x in logits)
+    return SampleFeatures(pool, spatial, np.concatenate(pool_features),
+                          np.concatenate(logits) if has_logits else None, metadata)
 
 
 def _shard_features(samples: str, shard: int, extractor: FeatureExtractor, batch_size: int) -> dict[str, np.ndarray]:

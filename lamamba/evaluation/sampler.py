@@ -243,13 +243,13 @@ def _torchrun_rank() -> tuple[int, int]:
 def run_sampling(cfg: SampleConfig) -> list[int]:
     """Sample every shard of ``cfg`` that is not finished yet; returns the shards this process
     (or, for Ray, its workers) computed."""
-    proto = protocol(cfg)
-    rank, world = _torchrun_rank() if cfg.launcher == "torchrun" else (0, 1)
-    write_or_check_metadata(cfg, proto)
+    write_or_check_metadata(cfg, protocol(cfg))
+    pending = pending_shards(cfg)
+    if cfg.launcher == "ray":
+        return _run_ray(cfg, pending)
     if cfg.launcher == "torchrun":
         # Static ownership (shard s belongs to rank s mod W), so ranks never race on the done list.
-        todo = [s for s in pending_shards(cfg) if s % world == rank]
-        return _run_local(cfg, todo, position=rank, desc=f"sampling (rank {rank}/{world})")
-    if cfg.launcher == "ray":
-        return _run_ray(cfg, pending_shards(cfg))
-    return _run_local(cfg, pending_shards(cfg))
+        rank, world = _torchrun_rank()
+        return _run_local(cfg, [s for s in pending if s % world == rank], position=rank,
+                          desc=f"sampling (rank {rank}/{world})")
+    return _run_local(cfg, pending)

@@ -110,6 +110,11 @@ def test_a_killed_run_resumes_computing_only_the_missing_shards(work):
     finished = done_shards(str(out))
     assert finished and len(finished) < 3, f"kill came too late or never: {finished}"
     stamps = {s: (out / f"shard_{s:05d}.npz").stat().st_mtime_ns for s in finished}
+    from evaluation_fakes import ProjectionExtractor
+    from lamamba.evaluation.evaluator import collect_sample_features
+
+    with pytest.raises(ValueError, match="not finished"):  # an incomplete set is never evaluated
+        collect_sample_features(str(out), ProjectionExtractor())
 
     computed = run_sampling(load_config(SampleConfig, None, [*BASE, f"checkpoint={work['ckpt']}", f"out={out}"]))
     assert computed == sorted(set(range(3)) - set(finished))
