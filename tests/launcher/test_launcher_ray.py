@@ -1,7 +1,8 @@
 """`lamamba submit --backend ray` against a real Ray head started (and stopped) by this test.
 
 The head runs in its own temp dir and process session; teardown stops only its processes, never
-other Ray instances on the machine. The jobs are tiny encodes of sklearn's digits.
+other Ray instances on the machine. The jobs: a tiny encode of sklearn's digits, two CPU ranks of
+training on it, and another encode that is cancelled.
 """
 
 import os
@@ -102,7 +103,7 @@ def _state(run_id, root, capsys):
     return capsys.readouterr().out.split()[3]
 
 
-def test_ray_job_succeeds_and_another_is_cancelled(ray_head, digits_config, tmp_path, capsys):
+def test_ray_jobs_succeed_and_another_is_cancelled(ray_head, digits_config, tmp_path, capsys):
     root = str(tmp_path / "runs")
     assert main(_submit(ray_head, digits_config, root)) == 0
     run_id = capsys.readouterr().out.split()[1]
@@ -117,6 +118,15 @@ def test_ray_job_succeeds_and_another_is_cancelled(ray_head, digits_config, tmp_
     assert _state(run_id, root, capsys) == runs.SUCCEEDED
     assert (Path(record.run_dir) / "latents" / "manifest.json").exists()  # run_dir reached the job
     assert runs.read_outcome(record.run_dir)["state"] == runs.SUCCEEDED
+
+    # Training on the encoded digits: the job places one torchrun (2 CPU ranks) on the cluster.
+    train = ["submit", "train", str(REPO / "configs/train/tiny_digits.yaml"),
+             f"data.manifest={record.run_dir}/latents", "max_steps=2", "monitor.sample_every=1000",
+             "engine.activation_checkpointing=none", "--gpus-per-node", "2", "--backend", "ray",
+             "--address", ray_head, "--python", sys.executable, "--runs-root", root, "--follow"]
+    assert main(train) == 0
+    log = capsys.readouterr().out
+    assert "1 node(s) x 2 rank(s), rendezvous" in log and "finished: 2 steps" in log and ": SUCCEEDED" in log
 
     # A second run (other settings, so another run id), stopped before it can finish.
     assert main(_submit(ray_head, digits_config, root, "shard_size=512")) == 0
