@@ -13,6 +13,7 @@ Within a shard the batches are the same whatever the fan-out, so the bytes are t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 
@@ -61,15 +62,25 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return torch.clamp(127.5 * images + 128.0, 0, 255).permute(0, 2, 3, 1).to("cpu", torch.uint8).numpy()
 
 
+@contextlib.contextmanager
+def _intra_op_threads(n: int | None):
+    """Run with ``n`` torch intra-op threads (CPU float results depend on it), then restore."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class ShardSampler:
     """Loads the model, diffusion, autoencoder (and extractor) once; samples shards on request."""
 
     def __init__(self, cfg: SampleConfig):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        if self.device.type == "cpu":
-            torch.set_num_threads(cfg.cpu_threads)
-        else:  # same kernels for the same batch on every worker
+        if self.device.type == "cuda":  # same kernels for the same batch on every worker
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
         self.model, self.model_cfg, _ = load_model(weights_url(cfg.checkpoint), device=self.device)
@@ -111,11 +122,12 @@ class ShardSampler:
         """Sample shard ``shard`` and write it (done-marker last); returns the number of samples."""
         indices = list(self.plan.indices(shard))
         batches = []
-        for start in range(0, len(indices), self.cfg.batch_size):
-            batch = indices[start:start + self.cfg.batch_size]
-            batches.append(self.sample(batch))
-            if bar is not None:
-                bar.update(len(batch))
+        with _intra_op_threads(self.cfg.cpu_threads if self.device.type == "cpu" else None):
+            for start in range(0, len(indices), self.cfg.batch_size):
+                batch = indices[start:start + self.cfg.batch_size]
+                batches.append(self.sample(batch))
+                if bar is not None:
+                    bar.update(len(batch))
         images = np.concatenate(batches)
         out = self.cfg.out_url
         files = {}
