@@ -103,6 +103,7 @@ class EvalConfig:
     is_split_size: int = 5000  # IS: splits of this many samples, in order (10 splits for 50K)
     pr_k: int = 3  # precision/recall: k-th nearest neighbour radius
     pr_batch_size: int = 10000  # rows per block of pairwise distances
+    pr_device: str = "auto"  # where the distances are computed ("auto" = cuda if available)
     batch_size: int = 500  # images read per extractor call
     build_reference: BuildReferenceConfig = field(default_factory=BuildReferenceConfig)
 

@@ -20,7 +20,7 @@ from lamamba import storage
 from lamamba.config import ConfigError
 from lamamba.evaluation import metrics
 from lamamba.evaluation.config import EvalConfig
-from lamamba.evaluation.features import FeatureExtractor, build_extractor
+from lamamba.evaluation.features import FeatureExtractor, build_extractor, resolve_device
 from lamamba.evaluation.reference import Reference, build_reference, load_reference
 from lamamba.evaluation.shards import (METADATA, done_shards, features_name, images_name, iter_npz_array,
                                        npz_array_length, npz_keys, read_json, read_npz)
@@ -90,7 +90,7 @@ def _shard_features(samples: str, shard: int, extractor: FeatureExtractor, batch
 
 
 def compute_metrics(samples: SampleFeatures, reference: Reference, is_split_size: int = 5000, pr_k: int = 3,
-                    pr_batch_size: int = 10000) -> dict[str, float | None]:
+                    pr_batch_size: int = 10000, pr_device: str = "cpu") -> dict[str, float | None]:
     """FID, sFID, IS, precision, recall; a metric whose features are unavailable is None."""
     result: dict[str, float | None] = {
         "fid": metrics.frechet_distance(samples.pool.gaussian(), reference.pool),
@@ -102,7 +102,8 @@ def compute_metrics(samples: SampleFeatures, reference: Reference, is_split_size
         result["inception_score"] = metrics.inception_score(samples.logits, is_split_size)
     if reference.pool_features is not None:
         result["precision"], result["recall"] = metrics.precision_recall(
-            reference.pool_features, samples.pool_features, k=pr_k, batch_size=pr_batch_size)
+            reference.pool_features, samples.pool_features, k=pr_k, batch_size=pr_batch_size,
+            device=resolve_device(pr_device))
     return result
 
 
@@ -143,7 +144,8 @@ def evaluate(cfg: EvalConfig, extractor: FeatureExtractor | None = None) -> dict
     sample_features = collect_sample_features(cfg.samples, extractor, cfg.batch_size)
     reference = load_reference(cfg.reference, extractor, cfg.batch_size)
     result = {
-        "metrics": compute_metrics(sample_features, reference, cfg.is_split_size, cfg.pr_k, cfg.pr_batch_size),
+        "metrics": compute_metrics(sample_features, reference, cfg.is_split_size, cfg.pr_k, cfg.pr_batch_size,
+                                   cfg.pr_device),
         "protocol": protocol_card(cfg, sample_features, reference, extractor),
     }
     out = cfg.out or storage.join(cfg.run_dir, "metrics.json")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import torch
 from scipy import linalg
 
 from lamamba.evaluation.statistics import GaussianStats
@@ -60,43 +61,48 @@ def inception_score(logits: np.ndarray, split_size: int = 5000) -> float:
     return float(np.mean(scores))
 
 
-def _squared_distances(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """(Nu, D), (Nv, D) -> (Nu, Nv) squared Euclidean distances in float32, clamped at 0."""
-    nu = np.sum(u * u, axis=1, dtype=np.float32)[:, None]
-    nv = np.sum(v * v, axis=1, dtype=np.float32)[None, :]
-    return np.maximum(nu - 2.0 * (u @ v.T) + nv, 0.0)
+def _squared_distances(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(Nu, D), (Nv, D) -> (Nu, Nv) squared Euclidean distances (float32), clamped at 0."""
+    return ((u * u).sum(1, keepdim=True) - 2.0 * (u @ v.T) + (v * v).sum(1)[None]).clamp_(min=0.0)
 
 
-def manifold_radii(features: np.ndarray, k: int = 3, batch_size: int = 10000) -> np.ndarray:
-    """(N, D) -> (N,) squared distance of each point to its k-th nearest neighbour (itself excluded)."""
-    feats = np.ascontiguousarray(features, dtype=np.float32)
+def _on(features: np.ndarray, device: str | torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32), device=device)
+
+
+def _radii(feats: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
     n = len(feats)
     if n <= k:
         raise ValueError(f"need more than k={k} feature vectors for manifold radii, have {n}")
-    radii = np.empty(n, dtype=np.float32)
+    radii = torch.empty(n, device=feats.device)
     keep = k + 1  # the point itself is its own nearest neighbour (distance 0)
     for r0 in range(0, n, batch_size):
         rows = feats[r0:r0 + batch_size]
-        best = np.empty((len(rows), 0), dtype=np.float32)
+        best = rows.new_empty((len(rows), 0))
         for c0 in range(0, n, batch_size):
-            cand = np.concatenate([best, _squared_distances(rows, feats[c0:c0 + batch_size])], axis=1)
-            best = np.partition(cand, min(keep, cand.shape[1]) - 1, axis=1)[:, :keep]
-        radii[r0:r0 + batch_size] = np.partition(best, k, axis=1)[:, k]
+            cand = torch.cat([best, _squared_distances(rows, feats[c0:c0 + batch_size])], dim=1)
+            best = cand.topk(min(keep, cand.shape[1]), dim=1, largest=False).values  # ascending
+        radii[r0:r0 + batch_size] = best[:, k]
     return radii
 
 
-def precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = 3,
-                     batch_size: int = 10000) -> tuple[float, float]:
-    """Improved precision and recall of ``samples`` (N2, D) against ``reference`` (N1, D)."""
-    ref = np.ascontiguousarray(reference, dtype=np.float32)
-    smp = np.ascontiguousarray(samples, dtype=np.float32)
-    ref_radii = manifold_radii(ref, k, batch_size)
-    smp_radii = manifold_radii(smp, k, batch_size)
-    ref_covered = np.zeros(len(ref), dtype=bool)  # reference point inside the sample manifold
-    smp_covered = np.zeros(len(smp), dtype=bool)  # sample inside the reference manifold
+def manifold_radii(features: np.ndarray, k: int = 3, batch_size: int = 10000,
+                   device: str | torch.device = "cpu") -> np.ndarray:
+    """(N, D) -> (N,) squared distance of each point to its k-th nearest neighbour (itself excluded)."""
+    return _radii(_on(features, device), k, batch_size).cpu().numpy()
+
+
+def precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = 3, batch_size: int = 10000,
+                     device: str | torch.device = "cpu") -> tuple[float, float]:
+    """Improved precision and recall of ``samples`` (N2, D) against ``reference`` (N1, D); the
+    blocked distance computations run on ``device``."""
+    ref, smp = _on(reference, device), _on(samples, device)
+    ref_radii, smp_radii = _radii(ref, k, batch_size), _radii(smp, k, batch_size)
+    ref_covered = torch.zeros(len(ref), dtype=torch.bool, device=ref.device)  # inside the sample manifold
+    smp_covered = torch.zeros(len(smp), dtype=torch.bool, device=ref.device)  # inside the reference manifold
     for r0 in range(0, len(ref), batch_size):
         for s0 in range(0, len(smp), batch_size):
             d = _squared_distances(ref[r0:r0 + batch_size], smp[s0:s0 + batch_size])
-            ref_covered[r0:r0 + batch_size] |= (d <= smp_radii[None, s0:s0 + batch_size]).any(axis=1)
-            smp_covered[s0:s0 + batch_size] |= (d <= ref_radii[r0:r0 + batch_size, None]).any(axis=0)
-    return float(smp_covered.mean()), float(ref_covered.mean())
+            ref_covered[r0:r0 + batch_size] |= (d <= smp_radii[None, s0:s0 + batch_size]).any(dim=1)
+            smp_covered[s0:s0 + batch_size] |= (d <= ref_radii[r0:r0 + batch_size, None]).any(dim=0)
+    return float(smp_covered.float().mean()), float(ref_covered.float().mean())
