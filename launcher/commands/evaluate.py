@@ -52,7 +52,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
 
-    from lamamba.config import load_config
+    from lamamba.config import ConfigError, load_config
     from lamamba.evaluation.config import EvalConfig, write_run_files
     from lamamba.evaluation.evaluator import evaluate
     from lamamba.evaluation.inception import InceptionWeightsError
@@ -61,6 +61,8 @@ def run(args) -> int:
     write_run_files(cfg)
     try:
         result = evaluate(cfg)
+    except ConfigError:
+        raise  # the CLI reports it (exit 2)
     except (InceptionWeightsError, FileNotFoundError, ValueError) as err:
         import sys
 

@@ -76,13 +76,21 @@ def config_and_overrides(args, flags: dict[str, str]) -> tuple[str | None, list[
 def run(args) -> int:
     import os
 
-    from lamamba.config import load_config
+    from lamamba.config import ConfigError, load_config
     from lamamba.evaluation.config import SampleConfig, write_run_files
     from lamamba.evaluation.sampler import run_sampling
 
     cfg = load_config(SampleConfig, *config_and_overrides(args, FLAGS))
     if os.environ.get("RANK", "0") == "0":
         write_run_files(cfg)
-    computed = run_sampling(cfg)
+    try:
+        computed = run_sampling(cfg)
+    except ConfigError:
+        raise  # the CLI reports it (exit 2)
+    except (FileNotFoundError, ValueError) as err:  # e.g. an autoencoder or extractor that cannot load
+        import sys
+
+        print(f"lamamba sample: {err}", file=sys.stderr)
+        return 1
     print(f"lamamba sample: computed shards {computed or 'none (all finished)'}; samples in {cfg.out_url}")
     return 0

@@ -38,3 +38,15 @@ def test_bad_values_name_the_key():
         load_config(SampleConfig, None, ["cfg_scale=0.5"])
     with pytest.raises(ConfigError, match="sampler"):
         load_config(SampleConfig, None, ["sampler=euler"])
+
+
+def test_cli_errors_are_one_line_with_exit_codes(tmp_path, capsys):
+    from launcher.cli import main
+
+    assert main(["sample", f"checkpoint={tmp_path / 'none.safetensors'}", f"run_dir={tmp_path}"]) == 2
+    assert "checkpoint" in capsys.readouterr().err
+    assert main(["evaluate", "--samples", str(tmp_path), f"run_dir={tmp_path}"]) == 2  # no reference
+    assert "reference" in capsys.readouterr().err
+    assert main(["evaluate", "--samples", str(tmp_path), "--reference", str(tmp_path / "r.npz"),
+                 f"run_dir={tmp_path}", "extractor.kind=evaluation_fakes:build"]) == 1  # no shards there
+    assert "no finished shards" in capsys.readouterr().err
