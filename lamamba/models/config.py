@@ -86,7 +86,7 @@ class ModelConfig:
             raise ValueError(f"preset: unknown {self.preset!r}; choose one of {sorted(PRESETS)}")
         if self.enc_depths is not None and self.dec_depths is None:
             # The SD U-Net decoder: one block more than the encoder twin, none where it has none.
-            self.dec_depths = tuple(e + 1 if e else 0 for e in self.enc_depths)
+            self.dec_depths = tuple(e + 1 if e else 0 for e in reversed(self.enc_depths))
         for key, value in PRESETS[self.preset].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)

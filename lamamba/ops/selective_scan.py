@@ -75,6 +75,8 @@ def selective_scan(
     backend's internal state whatever the dtype).
     """
     _check_shapes(u, delta, A, B, C, D, delta_bias)
+    if u.device.type == "meta":  # shape propagation only (FLOP counting): nothing to compute
+        return torch.empty_like(u)
     backend = resolve_backend(backend, u.device)
     if backend == "mamba_ssm":
         return _mamba_ssm_scan()(u, delta, A, B, C, D, None, delta_bias, delta_softplus)
