@@ -62,7 +62,9 @@ class SampleConfig:
     shard_size: int = 1000
     outputs: Literal["images", "features", "both"] = "images"
     extractor: ExtractorConfig = field(default_factory=ExtractorConfig)  # for features
-    launcher: Literal["local", "ray", "torchrun"] = "local"
+    # "auto": torchrun when started by torchrun (WORLD_SIZE > 1), Ray actors when running as a Ray job's
+    # driver, else one local process
+    launcher: Literal["auto", "local", "ray", "torchrun"] = "auto"
     ray: RayConfig = field(default_factory=RayConfig)
     progress: bool = True
 

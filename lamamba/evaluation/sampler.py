@@ -252,14 +252,26 @@ def _torchrun_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def resolve_launcher(launcher: str) -> str:
+    """The fan-out for ``launcher="auto"``: torchrun ranks, a Ray job, or one local process."""
+    if launcher != "auto":
+        return launcher
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "torchrun"
+    # Ray's job supervisor sets this for a job's driver; a shell's RAY_ADDRESS (the job server
+    # used by `lamamba submit`) does not make a local run a Ray one.
+    return "ray" if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ else "local"
+
+
 def run_sampling(cfg: SampleConfig) -> list[int]:
     """Sample every shard of ``cfg`` that is not finished yet; returns the shards this process
     (or, for Ray, its workers) computed."""
     write_or_check_metadata(cfg, protocol(cfg))
     pending = pending_shards(cfg)
-    if cfg.launcher == "ray":
+    launcher = resolve_launcher(cfg.launcher)
+    if launcher == "ray":
         return _run_ray(cfg, pending)
-    if cfg.launcher == "torchrun":
+    if launcher == "torchrun":
         # Static ownership (shard s belongs to rank s mod W), so ranks never race on the done list.
         rank, world = _torchrun_rank()
         return _run_local(cfg, [s for s in pending if s % world == rank], position=rank,

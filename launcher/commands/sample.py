@@ -15,8 +15,8 @@ and a rerun with a different protocol is refused.
 
 Fan-out:
   lamamba sample CFG launcher=ray ray.num_workers=8 ray.gpus_per_worker=1     (Ray actors)
-  torchrun --nproc_per_node 8 -m launcher.cli sample CFG launcher=torchrun    (rank r: shards r, r+8, ...)
-  lamamba submit sample CFG --backend ray --address http://head:8265          (as a cluster job)
+  torchrun --nproc_per_node 8 -m launcher.cli sample CFG                      (rank r: shards r, r+8, ...)
+  lamamba submit sample CFG --backend ray --address http://head:8265          (a Ray job: Ray actors)
 
 Other keys (configs/sample/imagenet_256.yaml): guided_channels (null = all 4, 3 = DiT), eta,
 seed, batch_size, shard_size, precision (fp32|bf16|fp16), autoencoder.kind/path_or_id,
@@ -55,7 +55,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", help="output directory or URL (default <run_dir>/samples)")
     parser.add_argument("--seed", type=int, help="noise seed (default 0)")
     parser.add_argument("--batch-size", type=int, help="images per model batch (default 32)")
-    parser.add_argument("--launcher", choices=("local", "ray", "torchrun"), help="fan-out (default local)")
+    parser.add_argument("--launcher", choices=("auto", "local", "ray", "torchrun"),
+                        help="fan-out (default auto: torchrun under torchrun, Ray in a Ray job, else local)")
     parser.add_argument("--num-workers", type=int, help="Ray workers")
     parser.add_argument("--gpus-per-worker", type=float, help="GPUs per Ray worker")
 

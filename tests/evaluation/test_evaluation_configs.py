@@ -50,3 +50,17 @@ def test_cli_errors_are_one_line_with_exit_codes(tmp_path, capsys):
     assert main(["evaluate", "--samples", str(tmp_path), "--reference", str(tmp_path / "r.npz"),
                  f"run_dir={tmp_path}", "extractor.kind=evaluation_fakes:build"]) == 1  # no shards there
     assert "no finished shards" in capsys.readouterr().err
+
+
+def test_auto_launcher_follows_the_environment(monkeypatch):
+    from lamamba.evaluation.sampler import resolve_launcher
+
+    for var in ("WORLD_SIZE", "RAY_JOB_CONFIG_JSON_ENV_VAR", "RAY_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")  # a shell set up for `lamamba submit`
+    assert resolve_launcher("auto") == "local"
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # a Ray job's driver
+    assert resolve_launcher("auto") == "ray"
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert resolve_launcher("auto") == "torchrun"
+    assert resolve_launcher("local") == "local"

@@ -70,10 +70,10 @@ def fanout(work):
         ray.shutdown()
     assert computed == [0, 1, 2]
 
-    tr_out = work["root"] / "torchrun"
+    tr_out = work["root"] / "torchrun"  # launcher "auto" picks torchrun ranks from WORLD_SIZE
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "launcher.cli", "sample", *BASE, f"checkpoint={work['ckpt']}", f"out={tr_out}",
-           "launcher=torchrun", "outputs=both", f"extractor.weights={work['inception']}", "extractor.device=cpu",
+           "outputs=both", f"extractor.weights={work['inception']}", "extractor.device=cpu",
            f"run_dir={work['root'] / 'torchrun_run'}"]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
