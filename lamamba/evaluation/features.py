@@ -9,6 +9,7 @@ The default is the TF-FID Inception-v3; the quickstart plugs a small digit class
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from typing import Protocol
@@ -50,12 +51,24 @@ class InceptionExtractor:
         if images.shape[-1] == 1:  # grayscale: the network expects RGB
             images = np.repeat(images, 3, axis=-1)
         out = {key: [] for key in FEATURE_KEYS}
-        for start in range(0, len(images), self.batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start:start + self.batch_size]))
-            feats = self.model(batch.to(self.device).permute(0, 3, 1, 2))
-            for key in FEATURE_KEYS:
-                out[key].append(feats[key].float().cpu().numpy())
+        with _full_fp32():
+            for start in range(0, len(images), self.batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(images[start:start + self.batch_size]))
+                feats = self.model(batch.to(self.device).permute(0, 3, 1, 2))
+                for key in FEATURE_KEYS:
+                    out[key].append(feats[key].float().cpu().numpy())
         return {key: np.concatenate(v) for key, v in out.items()}
+
+
+@contextlib.contextmanager
+def _full_fp32():
+    """Disable TF32 on GPUs while extracting: the reference statistics were computed in full fp32."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:
