@@ -10,8 +10,8 @@ channels share one (N, L) input (SS2D uses one group per scan direction).
 
 Backends:
   * ``"torch"``: the project's own chunked scan (below); float32 state whatever the input dtype,
-    correct for every L, a hand-written backward that recomputes the states instead of storing
-    an autograd graph per time step.
+    correct for every L, a hand-written backward from the saved states instead of an autograd
+    graph per time step.
   * ``"mamba_ssm"``: ``mamba_ssm.selective_scan_fn`` (the CUDA kernel).
   * ``"reference"``: a plain loop over time in the input dtype, for tests and benchmarks.
   * ``"auto"``: ``mamba_ssm`` when it imports and the tensors are on a GPU, else ``torch``.
@@ -19,9 +19,9 @@ Backends:
 The torch scan works time-major, (L, batch, groups, channels per group, N), so that one time step
 of every chunk is a contiguous block. The sequence is cut into chunks of about sqrt(L) steps;
 a loop over the steps inside a chunk runs all chunks at once, then a short loop over the chunks
-carries each chunk's final state into the next, weighted by the chunk-local decay
-exp(cumsum(delta * A)) (which only ever underflows, never overflows). That is about 2 sqrt(L)
-vectorised steps instead of L.
+carries each chunk's final state into the next, weighted by the chunk-local product of the
+decays (which only ever underflows, never overflows). That is about 2 sqrt(L) vectorised steps
+instead of L.
 """
 
 from __future__ import annotations
@@ -138,89 +138,102 @@ def selective_scan_reference(u, delta, A, B, C, D=None, delta_bias=None, delta_s
     return y.to(dtype_in)
 
 
-def _linear_scan(log_a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """h_t = exp(log_a_t) * h_{t-1} + b_t along dim 0 (h_{-1} = 0), chunked; float32 in and out.
+def _linear_scan_(a: torch.Tensor, b: torch.Tensor, adjoint: bool = False) -> torch.Tensor:
+    """Solve a first-order linear recurrence along dim 0, chunked, overwriting and returning ``b``.
 
-    log_a, b: (L, ...) broadcastable to each other's shape; returns h with b's full shape.
+    forward:  h_t = a_t * h_{t-1} + b_t     (h_{-1} = 0)
+    adjoint:  g_t = a_{t+1} * g_{t+1} + b_t  (g_L = 0), the backward pass of the forward one.
+    a, b: (L, ...) float32 of the same shape, b contiguous; a is read only.
     """
     length = b.shape[0]
-    chunk = max(1, math.isqrt(length - 1) + 1) if length > 1 else 1
+    chunk = math.isqrt(length - 1) + 1 if length > 1 else 1
     n_chunks = -(-length // chunk)
     pad = n_chunks * chunk - length
-    shape = torch.broadcast_shapes(log_a.shape, b.shape)
-    log_a = log_a.expand(shape)
-    b = b.expand(shape)
-    if pad:  # padding at the end cannot influence earlier states
-        log_a = torch.cat([log_a, log_a.new_zeros(pad, *shape[1:])])
-        b = torch.cat([b, b.new_zeros(pad, *shape[1:])])
-    log_a = log_a.reshape(n_chunks, chunk, *shape[1:])
-    a = torch.exp(log_a)
-    h = b.reshape(n_chunks, chunk, *shape[1:]).clone()
-    for t in range(1, chunk):  # every chunk at once, from a zero state
-        h[:, t].addcmul_(a[:, t], h[:, t - 1])
+    rest = b.shape[1:]
+    if pad:  # zero inputs at the end change no earlier state (and no adjoint state either)
+        a = torch.cat([a, a.new_zeros(pad, *rest)])
+        b = torch.cat([b, b.new_zeros(pad, *rest)])
+    a = a.view(n_chunks, chunk, *rest)
+    h = b.view(n_chunks, chunk, *rest)
+    # decay[:, t]: the product of the coefficients from the chunk's edge to step t, which carries
+    # the state entering the chunk to step t (products of values in (0, 1] only ever underflow).
+    decay = torch.empty_like(h)
+    if adjoint:
+        decay[:, -1] = 1.0
+        for t in range(chunk - 2, -1, -1):  # every chunk at once, from a zero state
+            h[:, t].addcmul_(a[:, t + 1], h[:, t + 1])
+            torch.mul(a[:, t + 1], decay[:, t + 1], out=decay[:, t])
+    else:
+        decay[:, 0] = a[:, 0]
+        for t in range(1, chunk):
+            h[:, t].addcmul_(a[:, t], h[:, t - 1])
+            torch.mul(a[:, t], decay[:, t - 1], out=decay[:, t])
     if n_chunks > 1:
-        decay = torch.exp(torch.cumsum(log_a, dim=1))  # prod of a over the chunk up to t
-        carry = torch.zeros_like(h[:, 0])  # the true state entering each chunk
-        for c in range(1, n_chunks):
-            carry[c] = decay[c - 1, -1] * carry[c - 1] + h[c - 1, -1]
+        carry = torch.zeros_like(h[:, 0])  # the state entering each chunk
+        if adjoint:
+            for c in range(n_chunks - 2, -1, -1):
+                carry[c] = a[c + 1, 0] * (h[c + 1, 0] + decay[c + 1, 0] * carry[c + 1])
+        else:
+            for c in range(1, n_chunks):
+                carry[c] = decay[c - 1, -1] * carry[c - 1] + h[c - 1, -1]
         h.addcmul_(decay, carry[:, None])
-    return h.reshape(n_chunks * chunk, *shape[1:])[:length]
+    h = h.view(n_chunks * chunk, *rest)
+    return h[:length] if pad else h
 
 
 class _ChunkedSelectiveScan(torch.autograd.Function):
-    """The torch backend: forward by :func:`_linear_scan`, backward by the reverse-time scan
-    g_t = C_t dy_t + a_{t+1} g_{t+1} of the adjoint state, recomputing h rather than storing it."""
+    """The torch backend: forward by :func:`_linear_scan_`; backward by the adjoint scan
+    g_t = C_t dy_t + a_{t+1} g_{t+1}, from the saved states h and decays a (no per-step graph)."""
 
     @staticmethod
-    def _discretise(u, delta, A, B, delta_bias, delta_softplus, groups):
-        """Time-major float32 views: (L, batch, G, D/G, 1) for u and delta, (L, batch, G, 1, N) for B."""
+    def _time_major(u, delta, B, C, delta_bias, delta_softplus, groups):
+        """float32, time-major: u, raw and final delta as (L, batch, G, D/G, 1); B, C as (L, batch, G, 1, N)."""
         batch, dim, length = u.shape
 
-        def time_major(x):  # (batch, D, L) -> (L, batch, G, D/G, 1)
+        def channels(x):  # (batch, D, L) -> (L, batch, G, D/G, 1)
             return x.float().permute(2, 0, 1).reshape(length, batch, groups, dim // groups, 1)
 
-        dt_raw = time_major(delta) + delta_bias.float().view(groups, dim // groups, 1)
+        def states(x):  # (batch, G, N, L) -> (L, batch, G, 1, N)
+            return x.float().permute(3, 0, 1, 2).unsqueeze(3)
+
+        dt_raw = channels(delta) + delta_bias.float().view(groups, dim // groups, 1)
         dt = F.softplus(dt_raw) if delta_softplus else dt_raw
-        A32 = A.float().view(groups, dim // groups, -1)
-        Bt = B.float().permute(3, 0, 1, 2).unsqueeze(3)
-        return time_major(u), dt_raw, dt, A32, Bt
+        return channels(u), dt_raw, dt, states(B), states(C)
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
         groups = B.shape[1]
-        u_t, _, dt, A32, Bt = _ChunkedSelectiveScan._discretise(u, delta, A, B, delta_bias, delta_softplus, groups)
-        h = _linear_scan(dt * A32, (dt * u_t) * Bt)  # (L, batch, G, D/G, N)
-        Ct = C.float().permute(3, 0, 1, 2).unsqueeze(3)
-        y = (h * Ct).sum(-1) + u_t.squeeze(-1) * D.float().view(groups, -1)  # (L, batch, G, D/G)
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        batch, dim, length = u.shape
+        u_t, _, dt, Bt, Ct = _ChunkedSelectiveScan._time_major(u, delta, B, C, delta_bias, delta_softplus, groups)
+        a = torch.exp(dt * A.float().view(groups, dim // groups, -1))  # (L, batch, G, D/G, N)
+        h = _linear_scan_(a, (dt * u_t) * Bt)
+        y = (h * Ct).sum(-1).addcmul_(u_t.squeeze(-1), D.float().view(groups, -1))
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, a, h)
         ctx.delta_softplus = delta_softplus
-        return y.reshape(y.shape[0], y.shape[1], -1).permute(1, 2, 0)
+        return y.reshape(length, batch, dim).permute(1, 2, 0)
 
     @staticmethod
     def backward(ctx, dy):
-        u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
+        u, delta, A, B, C, D, delta_bias, a, h = ctx.saved_tensors
         groups = B.shape[1]
         batch, dim, length = u.shape
-        u_t, dt_raw, dt, A32, Bt = _ChunkedSelectiveScan._discretise(
-            u, delta, A, B, delta_bias, ctx.delta_softplus, groups)
-        Ct = C.float().permute(3, 0, 1, 2).unsqueeze(3)
+        u_t, dt_raw, dt, Bt, Ct = _ChunkedSelectiveScan._time_major(
+            u, delta, B, C, delta_bias, ctx.delta_softplus, groups)
+        A32 = A.float().view(groups, dim // groups, -1)
         dy_t = dy.float().permute(2, 0, 1).reshape(length, batch, groups, dim // groups, 1)
-        log_a = dt * A32
-        h = _linear_scan(log_a, (dt * u_t) * Bt)
-        # Adjoint state, backwards in time: g_t = C_t dy_t + a_{t+1} g_{t+1}.
-        log_a_next = torch.cat([log_a[1:], torch.zeros_like(log_a[:1])])
-        g = _linear_scan(log_a_next.flip(0), (Ct * dy_t).flip(0)).flip(0)
-        h_prev = torch.cat([torch.zeros_like(h[:1]), h[:-1]])
-        da_a = g * h_prev * torch.exp(log_a)  # dL/d(log a_t)
-        dC = (h * dy_t).sum(3)  # (L, batch, G, N)
-        gB = g * Bt
-        d_dt = (da_a * A32).sum(-1, keepdim=True) + (gB * u_t).sum(-1, keepdim=True)
-        dA = (da_a * dt).sum((0, 1)).reshape(dim, -1)
-        dB = (g * (dt * u_t)).sum(3)
-        du = (gB * dt).sum(-1, keepdim=True) + dy_t * D.float().view(groups, -1, 1)
+        dt_u = dt * u_t
+        g = _linear_scan_(a, Ct * dy_t, adjoint=True)  # dL/dh_t, (L, batch, G, D/G, N)
+        # dL/d(dt * A) at step t = g_t * a_t * h_{t-1} = g_t * (h_t - dt_t u_t B_t).
+        d_log_a = g * (h - dt_u * Bt)
+        dC = (h * dy_t).sum(3)
+        dB = (g * dt_u).sum(3)
+        gB = (g * Bt).sum(-1, keepdim=True)  # dL/d(dt u)
+        d_dt = (d_log_a * A32).sum(-1, keepdim=True).addcmul_(gB, u_t)
+        dA = (d_log_a * dt).sum((0, 1)).reshape(dim, -1)
+        du = (gB * dt).addcmul_(dy_t, D.float().view(groups, -1, 1))
         dD = (dy_t * u_t).sum((0, 1)).reshape(dim)
         if ctx.delta_softplus:
-            d_dt = d_dt * torch.sigmoid(dt_raw)
+            d_dt = d_dt.mul_(torch.sigmoid(dt_raw))
         d_bias = d_dt.sum((0, 1)).reshape(dim)
 
         def batch_major(x):  # (L, batch, G, D/G, 1) -> (batch, D, L)
