@@ -33,6 +33,10 @@ from lamamba.models.io import load_model, read_model_file
 from lamamba.rng import PerSampleGenerators
 
 
+# Set by Ray's job supervisor in the environment of a Ray job's driver process.
+_RAY_JOB_DRIVER_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
 def weights_url(checkpoint: str) -> str:
     """The EMA weights file of a training checkpoint directory, or an exported .safetensors as is."""
     if not checkpoint:
@@ -217,12 +221,26 @@ def _run_local(cfg: SampleConfig, shards: list[int], position: int = 0, desc: st
 
 def _run_ray(cfg: SampleConfig, shards: list[int]) -> list[int]:
     import ray
-    from ray.util import ActorPool
 
     if not shards:
         return []
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray.address or None)
+    started = not ray.is_initialized()
+    if started and (cfg.ray.address or _RAY_JOB_DRIVER_ENV in os.environ):
+        ray.init(address=cfg.ray.address or None)  # join the cluster
+    elif started:  # a local Ray whose workers import lamamba from this checkout, installed or not
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, include_dashboard=False)
+    try:
+        return _run_actors(ray, cfg, shards)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_actors(ray, cfg: SampleConfig, shards: list[int]) -> list[int]:
+    from ray.util import ActorPool
+
     actor_cls = ray.remote(_RayShardWorker).options(num_gpus=cfg.ray.gpus_per_worker,
                                                    num_cpus=cfg.ray.cpus_per_worker)
     actors = [actor_cls.remote(cfg) for _ in range(min(cfg.ray.num_workers, len(shards)))]
@@ -258,9 +276,8 @@ def resolve_launcher(launcher: str) -> str:
         return launcher
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return "torchrun"
-    # Ray's job supervisor sets this for a job's driver; a shell's RAY_ADDRESS (the job server
-    # used by `lamamba submit`) does not make a local run a Ray one.
-    return "ray" if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ else "local"
+    # A shell's RAY_ADDRESS (the job server `lamamba submit` uses) does not make a local run a Ray one.
+    return "ray" if _RAY_JOB_DRIVER_ENV in os.environ else "local"
 
 
 def run_sampling(cfg: SampleConfig) -> list[int]:
