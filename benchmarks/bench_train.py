@@ -8,9 +8,11 @@ on random latents, one fresh torchrun job per setting.
   # GPU: largest micro-batch that fits, images/s, MFU and peak memory, with and without checkpointing
   PYTHONPATH=. python benchmarks/bench_train.py max-batch --preset XL --resolution 256 --nproc 1
 
-Peak memory is torch.cuda.max_memory_allocated on GPU; on CPU it is the growth of the process's
-peak resident memory over the measured steps (activations, gradients, optimizer states), since
-the resident baseline (libraries, weights) is the same with and without checkpointing.
+peak_gib is torch.cuda.max_memory_allocated on GPU; on CPU it is the growth of the process's peak
+resident memory over the measured steps (activations, gradients, optimizer states), since the
+resident baseline (libraries, weights) is the same with and without checkpointing. saved_gib is
+the size of the tensors autograd keeps for the backward pass outside checkpointed blocks (the
+activation memory that checkpointing removes; the inputs of checkpointed blocks are not counted).
 """
 
 from __future__ import annotations
@@ -69,9 +71,17 @@ def worker(args) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    saved: dict[int, int] = {}  # storage address -> bytes of the tensors kept for backward
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
     start = time.perf_counter()
-    for _ in range(args.steps):
-        step(batch)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        for _ in range(args.steps):
+            step(batch)
     sync()
     seconds = time.perf_counter() - start
     images_per_s = args.steps * cfg.global_batch / seconds
@@ -81,7 +91,8 @@ def worker(args) -> None:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 2**20
     result = {"preset": args.preset, "resolution": args.resolution, "stage": args.stage, "ckpt": args.ckpt,
               "ranks": world.world_size, "global_batch": cfg.global_batch, "micro_batch": plan.micro_batch,
-              "images_per_s": images_per_s, "peak_gib": peak, "device": str(world.device.type)}
+              "images_per_s": images_per_s, "peak_gib": peak, "saved_gib": sum(saved.values()) / 2**30,
+              "device": str(world.device.type)}
     if cuda and args.peak_tflops > 0:
         gflops = count_flops(cfg.model)["gflops"]
         result["mfu"] = images_per_s * 6 * gflops * 1e9 / (args.peak_tflops * 1e12 * world.world_size)
@@ -106,7 +117,7 @@ def launch(setting: dict, nproc: int, common: list[str]) -> dict | None:
 
 def table(rows: list[dict]) -> str:
     cols = ["preset", "resolution", "stage", "ckpt", "ranks", "global_batch", "micro_batch", "images_per_s",
-            "peak_gib", "mfu"]
+            "peak_gib", "saved_gib", "mfu"]
     cols = [c for c in cols if any(c in r for r in rows)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:

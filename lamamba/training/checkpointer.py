@@ -129,26 +129,29 @@ def _set_optimizer_step_count(engine, count: float) -> None:
 
 
 _MOMENTS = ("exp_avg", "exp_avg_sq")
+# ZeRO-3, ZeRO-1/2, and the bf16 optimizer DeepSpeed uses for ZeRO-1 with fp32 accumulation.
+_FP32_SHARDS = ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups", "fp32_groups_flat_partition")
 
 
 def _link_optimizer_state(engine) -> None:
-    """Make every parameter's fp32 fragment see its Adam moments.
+    """Make every parameter's fp32 shard see its Adam moments.
 
-    DeepSpeed 0.19's ZeRO-1/2 optimizers link the fragments to the optimizer state once, after
-    the first parameter group's first step, so later groups (here: A_log / D without weight decay)
-    stay unlinked; and before any step torch's AdamW has no state at all. Create AdamW's state
-    where it is missing (zero moments, as AdamW would) and link again.
+    torch's AdamW creates its state at the first step, so a fresh engine has none; DeepSpeed 0.19's
+    ZeRO-1/2 optimizers moreover link the shards to the state once, after the first parameter
+    group's first step, leaving later groups (here: A_log / D without weight decay) unlinked.
+    Create AdamW's state where it is missing (zero moments, as AdamW would) and link again.
     """
     wrapper, inner = engine.optimizer, _inner_optimizer(engine)
-    if not hasattr(wrapper, "_lazy_init_hp_params_optimizer_state"):
-        return  # ZeRO-3 creates and links its state at construction
-    for group in inner.param_groups:
-        for flat in group["params"]:
-            if not inner.state.get(flat):
-                inner.state[flat] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(flat),
-                                     "exp_avg_sq": torch.zeros_like(flat)}
-    wrapper._hp_optimizer_states_linked = False
-    wrapper._lazy_init_hp_params_optimizer_state()
+    # The flat fp32 shards AdamW steps (and keys its state by) in each kind of DeepSpeed optimizer.
+    shards = next((getattr(wrapper, name) for name in _FP32_SHARDS if hasattr(wrapper, name)),
+                  [p for group in inner.param_groups for p in group["params"]])
+    for flat in shards:
+        if not inner.state.get(flat):
+            inner.state[flat] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(flat),
+                                 "exp_avg_sq": torch.zeros_like(flat)}
+    if hasattr(wrapper, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2 (ZeRO-3 looks states up)
+        wrapper._hp_optimizer_states_linked = False
+        wrapper._lazy_init_hp_params_optimizer_state()
 
 
 def save_consolidated(engine, path: str, keep: bool) -> None:
@@ -171,7 +174,7 @@ def save_consolidated(engine, path: str, keep: bool) -> None:
 
 
 @torch.no_grad()
-def load_consolidated(engine, path: str, zero_stage: int) -> None:
+def load_consolidated(engine, path: str) -> None:
     """Set the fp32 master weights, Adam moments and the module's (bf16) copies from ``path``."""
     import deepspeed
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
@@ -186,7 +189,7 @@ def load_consolidated(engine, path: str, zero_stage: int) -> None:
             for key in _MOMENTS:
                 safe_set_full_optimizer_state(param, f.get_tensor(f"{key}/{name}").to(param.device), key)
             # The module's own (bf16, maybe sharded) copy is what the next forward pass reads.
-            if zero_stage == 3:
+            if hasattr(param, "ds_id"):  # a ZeRO-3 shard
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
                     param.data.copy_(value.to(param.dtype))
             else:
@@ -307,7 +310,7 @@ class Checkpointer:
         barrier()
         return local
 
-    def load(self, step: int, engine, ema, zero_stage: int) -> dict[str, Any]:
+    def load(self, step: int, engine, ema) -> dict[str, Any]:
         """Restore engine, EMA and RNG from checkpoint ``step``; returns the trainer state."""
         from safetensors.torch import load_file
 
@@ -323,7 +326,7 @@ class Checkpointer:
                 raise RuntimeError(
                     f"checkpoint {step_dir_name(step)} was written by {state['world_size']} ranks without "
                     f"{CONSOLIDATED_FILE}; resume it with {state['world_size']} ranks")
-            load_consolidated(engine, path, zero_stage)
+            load_consolidated(engine, path)
             engine.lr_scheduler.load_state_dict(state["lr_scheduler"])
             engine.global_steps = state["step"]
             engine.global_samples = state["samples_consumed"]

@@ -125,7 +125,7 @@ class Trainer:
         self.step = 0
         skipped = 0
         if self.resume_step is not None:
-            state = self.checkpointer.load(self.resume_step, self.engine, self.ema, cfg.engine.zero_stage)
+            state = self.checkpointer.load(self.resume_step, self.engine, self.ema)
             self.step, skipped = state["step"], state["skipped_steps"]
             log.info("resumed from %s: step %d, %d samples consumed (checkpoint written by %d ranks, now %d)",
                      storage.join(cfg.checkpoint_dir, step_dir_name(self.resume_step)), self.step,
@@ -186,51 +186,52 @@ class Trainer:
             self.sinks.scalars(figures)
         log.info(format_line(figures))
 
+    def _record(self, result, data_time: float, step_time: float) -> bool:
+        """All-reduce one step's figures, guard, update the EMA, log; True if a rank asked to stop."""
+        result.sums[STOP] = float(self.watcher.stop_requested())
+        total = all_reduce_sum(result.sums)
+        self.step += 1
+        loss = float(total[LOSS] / total[COUNT])
+        skipped = self.guard.check(self.step, loss, result.grad_norm, result.applied)
+        if skipped:
+            log.warning("step %d skipped: non-finite loss %s or grad norm %s (%d in a row)",
+                        self.step, loss, result.grad_norm, self.guard.consecutive)
+        else:
+            self.ema.update()
+        self.meter.add(StepStats(
+            step=self.step, loss=loss, mse=float(total[MSE] / total[COUNT]), vb=float(total[VB] / total[COUNT]),
+            quarter_loss_sum=total[QSUM:QCOUNT].tolist(), quarter_count=total[QCOUNT:VECTOR].tolist(),
+            grad_norm=result.grad_norm, lr=result.lr, skipped=skipped, images=self.cfg.global_batch,
+            step_time=step_time, data_time=data_time))
+        if self.watcher.received:
+            log.warning("%s received: stopping after step %d and a checkpoint", self.watcher.received, self.step)
+        return bool(total[STOP] > 0)
+
     def run(self) -> int:
         cfg, mon = self.cfg, self.cfg.monitor
         if self.step >= cfg.max_steps:
             log.info("nothing to do: step %d >= max_steps %d", self.step, cfg.max_steps)
             return 0
-        watcher = self.watcher
         batches = iter(self.loader)
         self.engine.train()
-        last = time.perf_counter()
         try:
             while self.step < cfg.max_steps:
+                started = time.perf_counter()
                 batch = next(batches)
-                data_time = time.perf_counter() - last
+                data_time = time.perf_counter() - started
                 result = self.train_step(batch)
-                result.sums[STOP] = float(watcher.stop_requested())
-                total = all_reduce_sum(result.sums)
-                self.step += 1
-                loss = float(total[LOSS] / total[COUNT])
-                norm = result.grad_norm
-                skipped = self.guard.check(self.step, loss, norm, result.applied)
-                if not skipped:
-                    self.ema.update()
-                now = time.perf_counter()
-                self.meter.add(StepStats(
-                    step=self.step, loss=loss, mse=float(total[MSE] / total[COUNT]),
-                    vb=float(total[VB] / total[COUNT]), quarter_loss_sum=total[QSUM:QCOUNT].tolist(),
-                    quarter_count=total[QCOUNT:VECTOR].tolist(), grad_norm=norm, lr=result.lr, skipped=skipped,
-                    images=cfg.global_batch, step_time=now - last, data_time=data_time))
-                if skipped:
-                    log.warning("step %d skipped: non-finite loss %s or grad norm %s (%d in a row)",
-                                self.step, loss, norm, self.guard.consecutive)
-                stop = total[STOP] > 0
-                if watcher.received:
-                    log.warning("%s received: stopping at step %d after a checkpoint", watcher.received, self.step)
-                if self.step % mon.log_every == 0 or stop or self.step == cfg.max_steps:
+                stop = self._record(result, data_time, time.perf_counter() - started)
+                last = stop or self.step == cfg.max_steps
+                if self.step % mon.log_every == 0 or last:
                     self._log_interval()
                 if self.sampler is not None and self.step % mon.sample_every == 0:
                     self.sinks.image("samples/ema", self.sampler(self.ema.state_dict()), self.step)
-                if self.step % cfg.checkpoint.every_steps == 0 or stop or self.step == cfg.max_steps:
+                if self.step % cfg.checkpoint.every_steps == 0 or last:
                     url = self._save()
                     if stop:
                         log.info("preempted (%s) at step %d: checkpoint %s committed; exiting 0 - "
-                                 "relaunch the same command to continue", watcher.reason(), self.step, url)
+                                 "relaunch the same command to continue", self.watcher.reason(), self.step, url)
                         return 0
-                last = time.perf_counter()
             log.info("finished: %d steps", self.step)
             return 0
         finally:

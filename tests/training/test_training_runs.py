@@ -99,22 +99,27 @@ def test_kill9_then_relaunch_repeats_the_straight_run(tmp_path, digits_manifest,
     assert_same_state(final_state(run_dir), final_state(reference_z2))
 
 
-def test_resume_on_one_rank_skips_partial_checkpoint(tmp_path, digits_manifest, reference_z2):
+def test_resume_on_one_rank_skips_partial_checkpoint(tmp_path, digits_manifest):
+    # fp32, so that the 1-rank continuation can be held to a tight tolerance (in bf16 the CPU
+    # kernels round differently in a 1- and a 2-rank process from the first step on).
+    reference = tmp_path / "reference"
+    run(reference, digits_manifest, 2, "engine.zero_stage=3", "engine.precision=fp32", "monitor.sample_every=0")
     run_dir = tmp_path / "run"
-    shutil.copytree(reference_z2 / "checkpoints", run_dir / "checkpoints")
+    shutil.copytree(reference / "checkpoints", run_dir / "checkpoints")
     partial = run_dir / "checkpoints" / f"step_{STEPS:08d}"
     (partial / "COMMITTED").unlink()
-    run(run_dir, digits_manifest, 1, "engine.zero_stage=2")
+    run(run_dir, digits_manifest, 1, "engine.zero_stage=3", "engine.precision=fp32", "monitor.sample_every=0")
     log = output(run_dir)
     assert f"ignoring partial checkpoint {partial}" in log
     assert "step 2, 32 samples consumed (checkpoint written by 2 ranks, now 1)" in log
-    reference = losses(reference_z2)
-    resumed = losses(run_dir)
+    expected, resumed = losses(reference), losses(run_dir)
     assert sorted(resumed) == [3, 4]
-    for step, loss in resumed.items():  # same data and noise; bf16 sums in another order
-        assert loss == pytest.approx(reference[step], rel=1e-2)
+    for step, loss in resumed.items():  # same data, noise and weights; sums in another order
+        assert loss == pytest.approx(expected[step], rel=1e-5)
     state = json.loads((partial / "trainer_state.json").read_text())
     assert state["samples_consumed"] == STEPS * 16 and state["world_size"] == 1
+    ema, ema_ref = final_state(run_dir)["ema.safetensors"], final_state(reference)["ema.safetensors"]
+    assert all(torch.allclose(ema[k], ema_ref[k], rtol=1e-4, atol=1e-6) for k in ema)
 
 
 def test_sigterm_checkpoints_exits_0_and_relaunch_continues(tmp_path, digits_manifest, reference_z3):
