@@ -8,7 +8,7 @@ at 8x8 or at any multiple of it (larger inputs are box-downsampled to 8x8 first)
 
 It plugs into the evaluator as ``ExtractorConfig(kind="lamamba.evaluation.digit_classifier:
 digit_extractor", weights=<file written by save_digit_classifier>)``: "pool" = the 128-d
-features (FID, precision/recall), "spatial" = the 1024-d pooled conv map (sFID), "logits" = the
+features (FID, precision/recall), "spatial" = the conv map pooled to 256-d (sFID), "logits" = the
 10-way logits (IS).
 """
 
@@ -50,9 +50,9 @@ class DigitClassifier(nn.Module):
         self.conv = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Flatten(),
+            nn.MaxPool2d(2),
         )
-        self.fc = nn.Sequential(nn.Linear(64 * (NATIVE_SIZE // 2) ** 2, self.feature_dim), nn.ReLU())
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(64 * (NATIVE_SIZE // 2) ** 2, self.feature_dim), nn.ReLU())
         self.head = nn.Linear(self.feature_dim, NUM_CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,9 +60,11 @@ class DigitClassifier(nn.Module):
         return self.head(self.fc(self.conv(x)))
 
     def extract(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x: (N, 1, 8, 8) -> {"pool": (N, 128), "spatial": (N, 1024), "logits": (N, 10)}."""
-        spatial = self.conv(x)
-        pool = self.fc(spatial)
+        """x: (N, 1, 8, 8) -> {"pool": (N, 128), "spatial": (N, 256), "logits": (N, 10)}; spatial is
+        the conv map average-pooled to 2x2 (64 x 2 x 2), small enough for a quick Frechet distance."""
+        conv = self.conv(x)
+        pool = self.fc(conv)
+        spatial = F.adaptive_avg_pool2d(conv, 2).flatten(1)
         return {"pool": pool, "spatial": spatial, "logits": self.head(pool)}
 
 
@@ -158,7 +160,7 @@ def load_digit_classifier(path: str) -> tuple[DigitClassifier, ClassifierReport]
         # safetensors layout: an 8-byte little-endian header length, then the JSON header.
         header = json.loads(blob[8:8 + int.from_bytes(blob[:8], "little")])
         report = ClassifierReport(**json.loads(header["__metadata__"]["report"]))
-    except (RuntimeError, KeyError, ValueError) as err:
+    except Exception as err:  # safetensors' own error for a malformed file, or a state-dict mismatch
         raise ValueError(f"{path} does not hold digit classifier weights: {err}") from None
     return model.eval(), report
 

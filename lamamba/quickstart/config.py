@@ -35,7 +35,6 @@ class LaunchConfig:
     """How the training stage is started: ``nproc`` torchrun ranks of ``lamamba train``."""
 
     nproc: int = 1
-    threads_per_rank: int = 0  # OMP/torch threads per rank; 0 = the machine's cores / nproc
 
 
 @dataclass
@@ -44,6 +43,9 @@ class QuickstartConfig:
 
     run_dir: str = "runs/quickstart"
     ray_cpus: int = 0  # the local Ray that encode and sample share; 0 = every core
+    # torch/OpenMP threads of the quickstart process and of each training rank. Small models on a
+    # few shared cores run fastest single-threaded: several threads spin-wait for each other.
+    threads: int = 1
     grid_per_class: int = 10  # samples per row of samples.png
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)

@@ -110,6 +110,9 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     """Run every stage; returns the metrics written to ``<run_dir>/metrics.json``."""
     from data_pipeline.job import init_ray
 
+    import torch
+
+    torch.set_num_threads(cfg.threads)
     paths = Paths(Path(cfg.run_dir).resolve())
     paths.root.mkdir(parents=True, exist_ok=True)
     cfg = _connect(cfg, paths)
@@ -179,8 +182,7 @@ def _train(cfg: QuickstartConfig, paths: Paths, clock: StageClock) -> None:
     paths.train.mkdir(parents=True, exist_ok=True)
     config_path = paths.train / "quickstart_train.yaml"
     save_config(cfg.train, config_path)
-    threads = cfg.launch.threads_per_rank or max(1, (os.cpu_count() or 1) // cfg.launch.nproc)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads))
     # The launcher package must import in the ranks even when lamamba is run from a checkout.
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
