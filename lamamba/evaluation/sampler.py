@@ -183,7 +183,8 @@ def protocol(cfg: SampleConfig) -> dict:
         "precision": cfg.precision,
         "cpu_threads": cfg.cpu_threads,
         "outputs": cfg.outputs,
-        "extractor": to_dict(cfg.extractor) if cfg.outputs != "images" else None,
+        "extractor": ({"kind": cfg.extractor.kind, "weights": cfg.extractor.weights}
+                      if cfg.outputs != "images" else None),
     }
 
 
