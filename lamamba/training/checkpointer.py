@@ -82,6 +82,8 @@ def resolve_checkpoint(url: str, storage_options: dict[str, Any] | None = None) 
     """A committed checkpoint directory from a checkpoint, checkpoints or run directory URL
     (the newest committed one for the latter two); raises FileNotFoundError naming ``url``."""
     if _STEP_DIR.match(url.rstrip("/").rsplit("/", 1)[-1]):
+        if not storage.exists(url, storage_options):
+            raise FileNotFoundError(f"no checkpoint at {url}")
         if not storage.exists(storage.join(url, MARKER), storage_options):
             raise FileNotFoundError(f"{url} has no {MARKER} marker: the checkpoint is partial")
         return url

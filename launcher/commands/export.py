@@ -33,16 +33,18 @@ def run(args) -> int:
     except FileNotFoundError as err:
         print(f"lamamba export: {err}", file=sys.stderr)
         return 1
-    name = "ema.safetensors" if args.decay is None else ema_file_name(args.decay, main=False)
-    source = storage.join(ckpt, name)
-    if not storage.exists(source):
-        source_main = storage.join(ckpt, "ema.safetensors")
-        main_decay = read_model_file(source_main)[2].get("ema_decay") if storage.exists(source_main) else None
-        if args.decay is None or main_decay is None or float(main_decay) != args.decay:
-            print(f"lamamba export: {source} not found (EMA decays of this run: see its config.yaml)", file=sys.stderr)
-            return 1
-        source = source_main
-    state_dict, cfg, meta = read_model_file(source)
+    # The main EMA is ema.safetensors; other decays are ema_<decay>.safetensors.
+    candidates = ["ema.safetensors"] + ([] if args.decay is None else [ema_file_name(args.decay, main=False)])
+    for name in reversed(candidates):
+        if not storage.exists(storage.join(ckpt, name)):
+            continue
+        state_dict, cfg, meta = read_model_file(storage.join(ckpt, name))
+        if args.decay is None or float(meta.get("ema_decay", "nan")) == args.decay:
+            break
+    else:
+        print(f"lamamba export: {ckpt} has no EMA with decay {args.decay} (see ema.decays in its config.yaml)",
+              file=sys.stderr)
+        return 1
     train_config = storage.join(ckpt, "config.yaml")
     if storage.exists(train_config):
         meta["train_config"] = storage.read_bytes(train_config).decode()
