@@ -183,62 +183,57 @@ def _linear_scan_(a: torch.Tensor, b: torch.Tensor, adjoint: bool = False) -> to
 
 class _ChunkedSelectiveScan(torch.autograd.Function):
     """The torch backend: forward by :func:`_linear_scan_`; backward by the adjoint scan
-    g_t = C_t dy_t + a_{t+1} g_{t+1}, from the saved states h and decays a (no per-step graph)."""
+    g_t = C_t dy_t + a_{t+1} g_{t+1}, from the saved states h and decays a (no per-step graph).
 
-    @staticmethod
-    def _time_major(u, delta, B, C, delta_bias, delta_softplus, groups):
-        """float32, time-major: u, raw and final delta as (L, batch, G, D/G, 1); B, C as (L, batch, G, 1, N)."""
-        batch, dim, length = u.shape
-
-        def channels(x):  # (batch, D, L) -> (L, batch, G, D/G, 1)
-            return x.float().permute(2, 0, 1).reshape(length, batch, groups, dim // groups, 1)
-
-        def states(x):  # (batch, G, N, L) -> (L, batch, G, 1, N)
-            return x.float().permute(3, 0, 1, 2).unsqueeze(3)
-
-        dt_raw = channels(delta) + delta_bias.float().view(groups, dim // groups, 1)
-        dt = F.softplus(dt_raw) if delta_softplus else dt_raw
-        return channels(u), dt_raw, dt, states(B), states(C)
+    Every large temporary is written in place where the algebra allows: on CPU a fresh
+    multi-megabyte tensor costs page faults comparable to the arithmetic on it.
+    """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
-        groups = B.shape[1]
         batch, dim, length = u.shape
-        u_t, _, dt, Bt, Ct = _ChunkedSelectiveScan._time_major(u, delta, B, C, delta_bias, delta_softplus, groups)
-        a = torch.exp(dt * A.float().view(groups, dim // groups, -1))  # (L, batch, G, D/G, N)
-        h = _linear_scan_(a, (dt * u_t) * Bt)
+        groups = B.shape[1]
+
+        def channels(x):  # (batch, D, L) -> float32 (L, batch, G, D/G, 1)
+            return x.float().permute(2, 0, 1).reshape(length, batch, groups, dim // groups, 1)
+
+        u_t = channels(u)
+        dt = channels(delta).add_(delta_bias.float().view(groups, dim // groups, 1))
+        if delta_softplus:
+            dt = F.softplus(dt)
+        Bt, Ct = (x.float().permute(3, 0, 1, 2).unsqueeze(3) for x in (B, C))  # (L, batch, G, 1, N)
+        A32 = A.float().view(groups, dim // groups, -1)
+        a = torch.mul(dt, A32).exp_()  # (L, batch, G, D/G, N)
+        h = _linear_scan_(a, torch.mul(dt * u_t, Bt))
         y = (h * Ct).sum(-1).addcmul_(u_t.squeeze(-1), D.float().view(groups, -1))
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, a, h)
+        ctx.save_for_backward(u_t, dt, A32, Bt, Ct, D, a, h)
         ctx.delta_softplus = delta_softplus
+        ctx.dtypes = [x.dtype for x in (u, delta, A, B, C, D, delta_bias)]
         return y.reshape(length, batch, dim).permute(1, 2, 0)
 
     @staticmethod
     def backward(ctx, dy):
-        u, delta, A, B, C, D, delta_bias, a, h = ctx.saved_tensors
-        groups = B.shape[1]
-        batch, dim, length = u.shape
-        u_t, dt_raw, dt, Bt, Ct = _ChunkedSelectiveScan._time_major(
-            u, delta, B, C, delta_bias, ctx.delta_softplus, groups)
-        A32 = A.float().view(groups, dim // groups, -1)
-        dy_t = dy.float().permute(2, 0, 1).reshape(length, batch, groups, dim // groups, 1)
+        u_t, dt, A32, Bt, Ct, D, a, h = ctx.saved_tensors
+        length, batch, groups, per_group, _ = u_t.shape
+        dim = groups * per_group
+        dy_t = dy.float().permute(2, 0, 1).reshape(length, batch, groups, per_group, 1)
         dt_u = dt * u_t
         g = _linear_scan_(a, Ct * dy_t, adjoint=True)  # dL/dh_t, (L, batch, G, D/G, N)
-        # dL/d(dt * A) at step t = g_t * a_t * h_{t-1} = g_t * (h_t - dt_t u_t B_t).
-        d_log_a = g * (h - dt_u * Bt)
         dC = (h * dy_t).sum(3)
         dB = (g * dt_u).sum(3)
         gB = (g * Bt).sum(-1, keepdim=True)  # dL/d(dt u)
+        # dL/d(dt * A) at step t = g_t * a_t * h_{t-1} = g_t * (h_t - dt_t u_t B_t).
+        d_log_a = torch.mul(dt_u, Bt).neg_().add_(h).mul_(g)
         d_dt = (d_log_a * A32).sum(-1, keepdim=True).addcmul_(gB, u_t)
-        dA = (d_log_a * dt).sum((0, 1)).reshape(dim, -1)
-        du = (gB * dt).addcmul_(dy_t, D.float().view(groups, -1, 1))
+        dA = (d_log_a.mul_(dt)).sum((0, 1)).reshape(dim, -1)
+        du = gB.mul_(dt).addcmul_(dy_t, D.float().view(groups, -1, 1))
         dD = (dy_t * u_t).sum((0, 1)).reshape(dim)
-        if ctx.delta_softplus:
-            d_dt = d_dt.mul_(torch.sigmoid(dt_raw))
+        if ctx.delta_softplus:  # softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x))
+            d_dt.mul_(torch.neg(dt).expm1_().neg_())
         d_bias = d_dt.sum((0, 1)).reshape(dim)
 
         def batch_major(x):  # (L, batch, G, D/G, 1) -> (batch, D, L)
             return x.reshape(length, batch, dim).permute(1, 2, 0)
 
-        return (batch_major(du).to(u.dtype), batch_major(d_dt).to(delta.dtype), dA.to(A.dtype),
-                dB.permute(1, 2, 3, 0).to(B.dtype), dC.permute(1, 2, 3, 0).to(C.dtype), dD.to(D.dtype),
-                d_bias.to(delta_bias.dtype), None)
+        grads = (batch_major(du), batch_major(d_dt), dA, dB.permute(1, 2, 3, 0), dC.permute(1, 2, 3, 0), dD, d_bias)
+        return (*(grad.to(dtype) for grad, dtype in zip(grads, ctx.dtypes)), None)
