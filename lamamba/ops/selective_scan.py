@@ -181,6 +181,11 @@ def _linear_scan_(a: torch.Tensor, b: torch.Tensor, adjoint: bool = False) -> to
     return h[:length] if pad else h
 
 
+def _sum_states(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the state dim N (last, kept); with N = 1 (S, B, XL-release) no reduction kernel runs."""
+    return x if x.shape[-1] == 1 else x.sum(-1, keepdim=True)
+
+
 class _ChunkedSelectiveScan(torch.autograd.Function):
     """The torch backend: forward by :func:`_linear_scan_`; backward by the adjoint scan
     g_t = C_t dy_t + a_{t+1} g_{t+1}, from the saved states h and decays a (no per-step graph).
@@ -205,7 +210,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         A32 = A.float().view(groups, dim // groups, -1)
         a = torch.mul(dt, A32).exp_()  # (L, batch, G, D/G, N)
         h = _linear_scan_(a, torch.mul(dt * u_t, Bt))
-        y = (h * Ct).sum(-1).addcmul_(u_t.squeeze(-1), D.float().view(groups, -1))
+        y = _sum_states(h * Ct).squeeze(-1).addcmul_(u_t.squeeze(-1), D.float().view(groups, -1))
         ctx.save_for_backward(u_t, dt, A32, Bt, Ct, D, a, h)
         ctx.delta_softplus = delta_softplus
         ctx.dtypes = [x.dtype for x in (u, delta, A, B, C, D, delta_bias)]
@@ -221,10 +226,10 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         g = _linear_scan_(a, Ct * dy_t, adjoint=True)  # dL/dh_t, (L, batch, G, D/G, N)
         dC = (h * dy_t).sum(3)
         dB = (g * dt_u).sum(3)
-        gB = (g * Bt).sum(-1, keepdim=True)  # dL/d(dt u)
+        gB = _sum_states(g * Bt)  # dL/d(dt u)
         # dL/d(dt * A) at step t = g_t * a_t * h_{t-1} = g_t * (h_t - dt_t u_t B_t).
         d_log_a = torch.mul(dt_u, Bt).neg_().add_(h).mul_(g)
-        d_dt = (d_log_a * A32).sum(-1, keepdim=True).addcmul_(gB, u_t)
+        d_dt = _sum_states(d_log_a * A32).addcmul_(gB, u_t)
         dA = (d_log_a.mul_(dt)).sum((0, 1)).reshape(dim, -1)
         du = gB.mul_(dt).addcmul_(dy_t, D.float().view(groups, -1, 1))
         dD = (dy_t * u_t).sum((0, 1)).reshape(dim)
