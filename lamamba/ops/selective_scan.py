@@ -155,27 +155,29 @@ def _linear_scan_(a: torch.Tensor, b: torch.Tensor, adjoint: bool = False) -> to
         b = torch.cat([b, b.new_zeros(pad, *rest)])
     a = a.view(n_chunks, chunk, *rest)
     h = b.view(n_chunks, chunk, *rest)
-    # decay[:, t]: the product of the coefficients from the chunk's edge to step t, which carries
+    # decay (below): the product of the coefficients from the chunk's edge to step t, which carries
     # the state entering the chunk to step t (products of values in (0, 1] only ever underflow).
-    decay = torch.empty_like(h)
     if adjoint:
-        decay[:, -1] = 1.0
         for t in range(chunk - 2, -1, -1):  # every chunk at once, from a zero state
             h[:, t].addcmul_(a[:, t + 1], h[:, t + 1])
-            torch.mul(a[:, t + 1], decay[:, t + 1], out=decay[:, t])
     else:
-        decay[:, 0] = a[:, 0]
         for t in range(1, chunk):
             h[:, t].addcmul_(a[:, t], h[:, t - 1])
-            torch.mul(a[:, t], decay[:, t - 1], out=decay[:, t])
     if n_chunks > 1:
+        if adjoint:  # decay[:, t] = prod of a over (t, chunk end]
+            decay = torch.empty_like(h)
+            decay[:, -1] = 1.0
+            for t in range(chunk - 2, -1, -1):
+                torch.mul(a[:, t + 1], decay[:, t + 1], out=decay[:, t])
+        else:  # decay[:, t] = prod of a over [chunk start, t]
+            decay = torch.cumprod(a, dim=1)
         carry = torch.zeros_like(h[:, 0])  # the state entering each chunk
         if adjoint:
             for c in range(n_chunks - 2, -1, -1):
-                carry[c] = a[c + 1, 0] * (h[c + 1, 0] + decay[c + 1, 0] * carry[c + 1])
+                torch.addcmul(h[c + 1, 0], decay[c + 1, 0], carry[c + 1], out=carry[c]).mul_(a[c + 1, 0])
         else:
             for c in range(1, n_chunks):
-                carry[c] = decay[c - 1, -1] * carry[c - 1] + h[c - 1, -1]
+                torch.addcmul(h[c - 1, -1], decay[c - 1, -1], carry[c - 1], out=carry[c])
         h.addcmul_(decay, carry[:, None])
     h = h.view(n_chunks * chunk, *rest)
     return h[:length] if pad else h
