@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from lamamba import storage
-from lamamba.training.distributed import World, barrier
+from lamamba.training.distributed import World, barrier, broadcast_object
 
 MARKER = "COMMITTED"
 DS_TAG = "deepspeed"
@@ -221,10 +221,7 @@ class Checkpointer:
     def find_resume_step(self) -> int | None:
         """The newest committed checkpoint's step (the same answer on every rank); partial ones
         are reported by rank 0."""
-        scan = self.scan() if self.world.is_main else None
-        from lamamba.training.distributed import broadcast_object
-
-        scan = broadcast_object(scan)
+        scan = broadcast_object(self.scan() if self.world.is_main else None)
         if self.world.is_main:
             for step in scan.partial:
                 self.log(f"ignoring partial checkpoint {storage.join(self.url, step_dir_name(step))}: "
