@@ -66,6 +66,8 @@ class EncodeConfig:
     shard_size: images per shard (the last shard may be smaller).
     batch_size: images per VAE forward pass (each is encoded with its flip, so 2x this).
     verify_checksums: on a rerun, re-read finished shards and check their sha256 (else size only).
+    flip: store each image's horizontal flip for the reader's per-epoch flips (ADM); false stores
+        the image itself in the flip slot, for data where mirroring changes the class (digits).
     storage_options: fsspec options for ``output`` (endpoint, credentials; never logged).
     """
 
@@ -75,6 +77,7 @@ class EncodeConfig:
     shard_size: int = 1024
     batch_size: int = 32
     verify_checksums: bool = False
+    flip: bool = True
     source: SourceConfig = field(default_factory=SourceConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     ray: RayConfig = field(default_factory=RayConfig)

@@ -84,7 +84,7 @@ def _encode_task(shard: PlannedShard, cfg: EncodeConfig) -> dict[str, Any]:
     encoder = cached_autoencoder(cfg.autoencoder, device)
     return encode_shard(shard, encoder, output=cfg.output_url, resolution=cfg.resolution,
                         batch_size=cfg.batch_size, source_options=cfg.source.storage_options,
-                        storage_options=cfg.storage_options)
+                        storage_options=cfg.storage_options, flip=cfg.flip)
 
 
 def _run_local(todo: list[PlannedShard], cfg: EncodeConfig, on_done) -> dict[str, str]:
@@ -214,7 +214,7 @@ def _run(cfg: EncodeConfig, started: float) -> EncodeSummary:
     manifest = build_manifest(
         ordered, autoencoder=cfg.autoencoder.name, resolution=cfg.resolution, num_classes=listing.num_classes,
         class_names=listing.class_names, image_channels=cfg.autoencoder.image_channels,
-        source=f"{cfg.source.kind}:{cfg.source.path or cfg.source.split}")
+        source=f"{cfg.source.kind}:{cfg.source.path or cfg.source.split}", flip=cfg.flip)
     url = write_manifest(output, manifest, cfg.storage_options)
     summary = EncodeSummary(url, manifest["id"], encoded, written, len(shards) - len(todo),
                             len(manifest["skipped"]), time.perf_counter() - started)

@@ -62,7 +62,7 @@ def read_marker(output: str, shard: PlannedShard, storage_options: dict | None,
 
 
 def build_manifest(records: list[dict[str, Any]], *, autoencoder: str, resolution: int, num_classes: int,
-                   class_names: list[str], image_channels: int, source: str) -> dict[str, Any]:
+                   class_names: list[str], image_channels: int, source: str, flip: bool = True) -> dict[str, Any]:
     """Assemble the manifest from the shards' marker records (in shard order)."""
     shaped = [r for r in records if r["num_items"]]
     if not shaped:
@@ -84,7 +84,7 @@ def build_manifest(records: list[dict[str, Any]], *, autoencoder: str, resolutio
         "num_classes": num_classes,
         "class_names": class_names,
         "crop": CROP_METHOD,
-        "flip": "both",
+        "flip": "both" if flip else "none (the flip slot repeats the image)",
         "moments": "float16 (2, 2, C, h, w): [image, hflip] x [mean, std]",
         "source": source,
         "code_version": code_version(),

@@ -37,12 +37,17 @@ def cached_autoencoder(cfg: AutoencoderConfig, device: str) -> Autoencoder:
     return _AUTOENCODERS[key]
 
 
-def encode_images(encoder: Autoencoder, images: torch.Tensor, batch_size: int) -> np.ndarray:
-    """images (N, C, H, W) in [-1, 1] -> float16 moments (N, 2, 2, c, h, w): [image, flip] x [mean, std]."""
+def encode_images(encoder: Autoencoder, images: torch.Tensor, batch_size: int, flip: bool = True) -> np.ndarray:
+    """images (N, C, H, W) in [-1, 1] -> float16 moments (N, 2, 2, c, h, w): [image, flip] x [mean, std].
+
+    With ``flip=False`` the flip slot repeats the image's own moments (the reader never mirrors it).
+    """
     out = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
-        mean, logvar = encoder.encode_moments(torch.cat([batch, hflip(batch)]))
+        mean, logvar = encoder.encode_moments(torch.cat([batch, hflip(batch)]) if flip else batch)
+        if not flip:
+            mean, logvar = torch.cat([mean, mean]), torch.cat([logvar, logvar])
         std = torch.exp(0.5 * logvar)
         n = len(batch)
         moments = torch.stack([torch.stack([mean[:n], std[:n]], 1), torch.stack([mean[n:], std[n:]], 1)], 1)
@@ -56,7 +61,7 @@ def marker_url(output: str, shard: PlannedShard) -> str:
 
 def encode_shard(shard: PlannedShard, encoder: Autoencoder, *, output: str, resolution: int,
                  batch_size: int, source_options: dict | None = None,
-                 storage_options: dict | None = None) -> dict[str, Any]:
+                 storage_options: dict | None = None, flip: bool = True) -> dict[str, Any]:
     """Encode ``shard``'s images, upload the tar, then write the marker; returns the marker record."""
     kept, tensors, skipped = [], [], []
     for offset, item in enumerate(shard.items):
@@ -67,7 +72,7 @@ def encode_shard(shard: PlannedShard, encoder: Autoencoder, *, output: str, reso
             skipped.append({"key": item.key, "error": f"{type(err).__name__}: {err}"})
     samples = []
     if kept:
-        moments = encode_images(encoder, torch.stack(tensors), batch_size)
+        moments = encode_images(encoder, torch.stack(tensors), batch_size, flip)
         samples = [ShardSample(sample_key(pos), moments[i], item.label, item.key)
                    for i, (pos, item) in enumerate(kept)]
     data = pack_shard(samples)
