@@ -112,3 +112,21 @@ def test_config_errors_name_the_key():
         load_quickstart_config(None, ["train.modle.preset=S"])
     with pytest.raises(ConfigError, match="not_here.yaml"):
         load_quickstart_config("not_here.yaml", [])
+
+
+def test_digits_are_encoded_without_mirrored_copies(digits):
+    """A mirrored 3, 5 or 7 is not that digit: with encode flip=false the reader's flip slot
+    repeats the image, so training never sees mirrored digits."""
+    import torch
+
+    from data_pipeline.writer import encode_images
+    from lamamba.autoencoders import AutoencoderConfig, build_autoencoder
+
+    (xtr, _), _ = digits
+    images = torch.from_numpy(xtr[:5]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    encoder = build_autoencoder(AutoencoderConfig(kind="identity", image_channels=1), "cpu")
+    plain = encode_images(encoder, images, batch_size=4, flip=False)
+    assert np.array_equal(plain[:, 1], plain[:, 0])
+    mirrored = encode_images(encoder, images, batch_size=4)
+    assert np.array_equal(mirrored[:, 1, 0], mirrored[:, 0, 0][..., ::-1])
+    assert load_quickstart_config(None, []).encode.flip is False
