@@ -1,4 +1,4 @@
-"""Run the whole system end to end on real data, on the CPU, in about ten minutes.
+"""Run the whole system end to end on real data, on the CPU, in under fifteen minutes.
 
 scikit-learn's handwritten digits (1,797 images of 8x8 pixels, 10 classes, shipped with the
 package, so nothing is downloaded) go through the real code path of every stage:
@@ -7,17 +7,19 @@ package, so nothing is downloaded) go through the real code path of every stage:
                  for Inception, whose weights cannot be fetched offline
   2. encode      the Ray encoding job writes the digits as pixel-space latents (identity
                  autoencoder) to webdataset shards under OUT/shards
-  3. train       a small LaMamba-Diff trained with DeepSpeed on the CPU (torchrun, one rank),
-                 checkpoints and TensorBoard logs under OUT/train
-  4. sample      class-balanced samples from the EMA weights, with classifier-free guidance
+  3. train       a small LaMamba-Diff trained with DeepSpeed on the CPU (`lamamba train` under
+                 torchrun, two ranks), checkpoints and TensorBoard logs under OUT/train
+  4. sample      class-balanced samples from the EMA weights, with classifier-free guidance,
+                 on two Ray workers
   5. evaluate    FID and precision/recall on the classifier's features against the real digits,
                  and the share of samples the classifier reads as their conditioning class
+  6. report      the sample grid, the metrics JSON and the final figures in TensorBoard
 
 Outputs: OUT/samples.png (one row per class; green frame = recognised as its class),
 OUT/metrics.json, TensorBoard logs under OUT (`tensorboard --logdir OUT`).
 
 The settings live in configs/quickstart/digits.yaml; override any of them with key=value, e.g.
-`lamamba quickstart train.steps=200`. Rerunning with the same --out resumes: finished shards,
+`lamamba quickstart train.max_steps=2000 sample.cfg_scale=2`. Rerunning with the same --out resumes: finished shards,
 checkpoints and sample shards are reused (use a new --out to start over).
 """
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "run the whole pipeline on real handwritten digits, CPU only (~10 min)"
+HELP = "run the whole pipeline end to end on real handwritten digits, CPU only (< 15 min)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None,
                         help="quickstart YAML (default: configs/quickstart/digits.yaml of this checkout)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides of the config, e.g. train.steps=200 sample.cfg_scale=3")
+                        help="dotted overrides of the config, e.g. train.max_steps=2000 sample.cfg_scale=2")
 
 
 def run(args: argparse.Namespace) -> int:
