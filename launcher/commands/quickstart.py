@@ -8,7 +8,7 @@ package, so nothing is downloaded) go through the real code path of every stage:
   2. encode      the Ray encoding job writes the digits as pixel-space latents (identity
                  autoencoder) to webdataset shards under OUT/shards
   3. train       a small LaMamba-Diff trained with DeepSpeed on the CPU (`lamamba train` under
-                 torchrun, two ranks), checkpoints and TensorBoard logs under OUT/train
+                 torchrun), checkpoints and TensorBoard logs under OUT/train
   4. sample      class-balanced samples from the EMA weights, with classifier-free guidance,
                  on two Ray workers
   5. evaluate    FID and precision/recall on the classifier's features against the real digits,

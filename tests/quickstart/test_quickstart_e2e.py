@@ -1,5 +1,6 @@
-"""A shortened `lamamba quickstart` end to end: real Ray encode, 2-rank DeepSpeed training under
-torchrun, Ray sampling, the evaluator with the digit classifier; then the artefacts a person looks at."""
+"""A shortened `lamamba quickstart` end to end: real Ray encode, DeepSpeed training on 2 gloo ranks
+under torchrun, Ray sampling, the evaluator with the digit classifier; then the artefacts a person
+looks at, and a rerun that reuses them."""
 
 import json
 import os
@@ -15,7 +16,7 @@ from lamamba.quickstart.report import sample_grid
 
 ROOT = Path(__file__).resolve().parents[2]
 # A few steps of everything: the point is that every stage runs and hands over to the next.
-SHORT = ["train.max_steps=4", "train.monitor.log_every=2", "train.monitor.sample_every=4",
+SHORT = ["launch.nproc=2", "train.max_steps=4", "train.monitor.log_every=2", "train.monitor.sample_every=4",
          "train.monitor.sample_steps=2", "sample.num_samples=20", "sample.steps=3", "sample.batch_size=10",
          "sample.shard_size=10", "classifier.epochs=3", "classifier.min_held_out_accuracy=0.5", "grid_per_class=2"]
 
