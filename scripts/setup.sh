@@ -7,8 +7,8 @@
 #
 # The install is `pip install -e ".[dev]"`: every dependency is pinned in pyproject.toml, torch
 # included, so a CPU machine keeps the CPU wheel. It is skipped when pyproject.toml has not changed
-# since the last successful install (a stamp file in the environment records its hash), so the
-# other scripts can call this one every time at no cost.
+# since the last successful install and no top-level package was added (a stamp file in the
+# environment records their hash), so the other scripts can call this one every time at no cost.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,7 +29,9 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 
-WANT="$( (cat "$ROOT/pyproject.toml"; echo "$ROOT") | sha256sum | cut -d' ' -f1)"
+# An editable install maps the top-level packages that exist when it runs, so a new package
+# (or a changed pyproject.toml, or a moved checkout) means installing again.
+WANT="$( (cat "$ROOT/pyproject.toml"; echo "$ROOT"; cd "$ROOT" && ls -d -- */__init__.py) | sha256sum | cut -d' ' -f1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
         && "$VENV/bin/python" -c 'import lamamba, launcher' >/dev/null 2>&1; then
     echo "setup: $VENV is up to date"

@@ -108,9 +108,9 @@ def _connect(cfg: QuickstartConfig, paths: Paths) -> QuickstartConfig:
 
 def run_quickstart(cfg: QuickstartConfig) -> dict:
     """Run every stage; returns the metrics written to ``<run_dir>/metrics.json``."""
-    from data_pipeline.job import init_ray
-
     import torch
+
+    from data_pipeline.job import init_ray
 
     torch.set_num_threads(cfg.threads)
     paths = Paths(Path(cfg.run_dir).resolve())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Iterator
 
@@ -11,21 +10,24 @@ from collections.abc import Iterator
 class StageClock:
     """Prints ``[k/N] name: what`` when a stage starts and its time when it ends."""
 
-    def __init__(self, names: list[str], stream=sys.stdout):
+    def __init__(self, names: list[str]):
         self.names = names
-        self.stream = stream
         self.started = time.perf_counter()
         self.seconds: dict[str, float] = {}
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        print(text, flush=True)
 
     @contextlib.contextmanager
     def stage(self, name: str, what: str) -> Iterator[None]:
         k = self.names.index(name) + 1
         self._print(f"\n[{k}/{len(self.names)}] {name}: {what}")
         start = time.perf_counter()
-        yield
+        try:
+            yield
+        except BaseException:
+            self._print(f"[{k}/{len(self.names)}] {name} FAILED after {format_seconds(time.perf_counter() - start)}")
+            raise
         self.seconds[name] = time.perf_counter() - start
         self._print(f"[{k}/{len(self.names)}] {name} done in {format_seconds(self.seconds[name])} "
                     f"(total {format_seconds(self.total)})")

@@ -130,3 +130,14 @@ def test_digits_are_encoded_without_mirrored_copies(digits):
     mirrored = encode_images(encoder, images, batch_size=4)
     assert np.array_equal(mirrored[:, 1, 0], mirrored[:, 0, 0][..., ::-1])
     assert load_quickstart_config(None, []).encode.flip is False
+
+
+def test_a_weak_classifier_stops_the_run_before_training(tmp_path, capsys):
+    from lamamba.quickstart import run_quickstart
+
+    cfg = load_quickstart_config(None, [f"run_dir={tmp_path}", "classifier.epochs=1", "ray_cpus=1",
+                                        "classifier.min_held_out_accuracy=1.01"])
+    with pytest.raises(RuntimeError, match="classifier.min_held_out_accuracy"):
+        run_quickstart(cfg)
+    assert "[1/6] classifier FAILED" in capsys.readouterr().out
+    assert not (tmp_path / "shards").exists() and not (tmp_path / "train").exists()
