@@ -60,7 +60,7 @@ class ModelConfig:
     base_width: int | None = None
     enc_depths: tuple[int, ...] | None = None
     mid_depth: int | None = None
-    dec_depths: tuple[int, ...] | None = None  # None with an enc_depths override: enc + 1 each
+    dec_depths: tuple[int, ...] | None = None  # None with an enc_depths override: reversed enc + 1
     cond_dim: int | None = None
     d_state: int | None = None
     num_heads: tuple[int, ...] | None = None  # per encoder stage; decoder stages share their twin's

@@ -71,8 +71,8 @@ def selective_scan(
     """Selective scan (same signature and layout as ``mamba_ssm.selective_scan_fn``).
 
     u, delta: (batch, D, L); A: (D, N); B, C: (batch, G, N, L) with D divisible by G;
-    D, delta_bias: (D,) or None. Returns y: (batch, D, L) in u's dtype (float32 for the torch
-    backend's internal state whatever the dtype).
+    D, delta_bias: (D,) or None. Returns y: (batch, D, L) in u's dtype; the torch backend keeps
+    its state and arithmetic in float32 whatever that dtype is.
     """
     _check_shapes(u, delta, A, B, C, D, delta_bias)
     if u.device.type == "meta":  # shape propagation only (FLOP counting): nothing to compute
@@ -111,8 +111,8 @@ def _check_shapes(u, delta, A, B, C, D, delta_bias) -> None:
 def selective_scan_reference(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
     """The scan as a loop over every time step, in the input dtype (tests and benchmarks only).
 
-    Written the way ``mamba_ssm``'s ``selective_scan_ref`` is: discretise all steps up front,
-    then one state update and one contraction with C per step; autograd differentiates it.
+    Structured like ``mamba_ssm``'s ``selective_scan_ref``: discretise all steps up front, then
+    one state update and one contraction with C per step; autograd differentiates it.
     """
     dtype_in = u.dtype
     batch, dim, length = u.shape
