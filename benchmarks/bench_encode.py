@@ -13,6 +13,7 @@ Ray worker uses). All runs must produce the same manifest id (byte-identical sha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 
@@ -20,8 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data_pipeline import EncodeConfig, init_ray, run_encode
+from data_pipeline import EncodeConfig, run_encode
 from lamamba.config import load_config
+from lamamba.ray_runtime import ray_session
 
 
 def make_images(root: str, images: int, classes: int = 8) -> None:
@@ -50,10 +52,11 @@ def main() -> None:
     runs = [(f"plain loop, {default_threads} torch threads", 0, default_threads),
             ("plain loop, 1 torch thread", 0, 1), ("Ray, 2 workers (1 CPU each)", 2, default_threads)]
     ids = set()
+    ray = contextlib.ExitStack()  # Ray starts for the Ray run only, not beside the plain loops
     for name, workers, threads in runs:
         torch.set_num_threads(threads)
         if workers:
-            init_ray(num_cpus=2)
+            ray.enter_context(ray_session(num_cpus=2))
             warm = load_config(EncodeConfig, None, [*common, f"run_dir={args.dir}/warmup", "shard_size=1",
                                                     f"source.path={args.dir}/warm_images"])
             run_encode(warm)
@@ -63,6 +66,7 @@ def main() -> None:
         ids.add(summary.manifest_id)
         print(f"{name:<30}: {summary.images} images in {summary.seconds:5.1f} s = "
               f"{summary.images_per_second:6.1f} images/s")
+    ray.close()
     print("identical shards in every run:", len(ids) == 1)
 
 

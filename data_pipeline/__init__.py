@@ -7,6 +7,6 @@ done-marker, and writes the manifest last. ``lamamba encode CONFIG`` is the comm
 """
 
 from data_pipeline.config import EncodeConfig, RayConfig, SourceConfig
-from data_pipeline.job import EncodeError, EncodeSummary, init_ray, run_encode
+from data_pipeline.job import EncodeError, EncodeSummary, run_encode
 
-__all__ = ["EncodeConfig", "EncodeError", "EncodeSummary", "RayConfig", "SourceConfig", "init_ray", "run_encode"]
+__all__ = ["EncodeConfig", "EncodeError", "EncodeSummary", "RayConfig", "SourceConfig", "run_encode"]

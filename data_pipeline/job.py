@@ -20,6 +20,7 @@ from data_pipeline.sources import list_source
 from data_pipeline.writer import cached_autoencoder, encode_shard
 from lamamba import storage
 from lamamba.config import config_hash, to_dict
+from lamamba.ray_runtime import ray_session
 
 log = logging.getLogger("lamamba.encode")
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
@@ -104,23 +105,6 @@ def _run_local(todo: list[PlannedShard], cfg: EncodeConfig, on_done) -> dict[str
     return failures
 
 
-def init_ray(address: str = "", num_cpus: int = 0) -> bool:
-    """Start a local Ray (``num_cpus``, 0 = all cores) or join ``address``, unless this process
-    already has Ray initialised; returns whether the caller started it (and must shut it down)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address)
-        return True
-    # Local workers import data_pipeline from this checkout even when it is not pip-installed.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(num_cpus=num_cpus or None, runtime_env={"env_vars": {"PYTHONPATH": path}}, include_dashboard=False)
-    return True
-
-
 def _run_ray(todo: list[PlannedShard], cfg: EncodeConfig, on_done) -> dict[str, str]:
     """Keep ``num_workers`` shard tasks in flight; a failed task is retried by Ray, then reported."""
     import ray
@@ -193,14 +177,8 @@ def _run(cfg: EncodeConfig, started: float) -> EncodeSummary:
         elif cfg.ray.num_workers == 0:
             failures = _run_local(todo, cfg, on_done)
         else:
-            shutdown = init_ray(cfg.ray.address, cfg.ray.num_cpus)
-            try:
+            with ray_session(cfg.ray.address, cfg.ray.num_cpus):
                 failures = _run_ray(todo, cfg, on_done)
-            finally:
-                if shutdown:
-                    import ray
-
-                    ray.shutdown()
     finally:
         bar.close()
     if failures:

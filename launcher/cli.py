@@ -19,12 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"launcher.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"launcher.commands.{name}":
-                raise
-            continue  # a command not built yet
+        module = importlib.import_module(f"launcher.commands.{name}")
         sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)

@@ -30,11 +30,8 @@ from lamamba.evaluation.features import build_extractor, resolve_device
 from lamamba.evaluation.shards import (METADATA, ShardPlan, done_name, done_shards, features_name, images_name,
                                        read_json, write_json, write_npz)
 from lamamba.models.io import load_model, read_model_file
+from lamamba.ray_runtime import in_ray_job, ray_session
 from lamamba.rng import PerSampleGenerators
-
-
-# Set by Ray's job supervisor in the environment of a Ray job's driver process.
-_RAY_JOB_DRIVER_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def weights_url(checkpoint: str) -> str:
@@ -225,18 +222,8 @@ def _run_ray(cfg: SampleConfig, shards: list[int]) -> list[int]:
 
     if not shards:
         return []
-    started = not ray.is_initialized()
-    if started and (cfg.ray.address or _RAY_JOB_DRIVER_ENV in os.environ):
-        ray.init(address=cfg.ray.address or None)  # join the cluster
-    elif started:  # a local Ray whose workers import lamamba from this checkout, installed or not
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, include_dashboard=False)
-    try:
+    with ray_session(cfg.ray.address):
         return _run_actors(ray, cfg, shards)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _run_actors(ray, cfg: SampleConfig, shards: list[int]) -> list[int]:
@@ -278,7 +265,7 @@ def resolve_launcher(launcher: str) -> str:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return "torchrun"
     # A shell's RAY_ADDRESS (the job server `lamamba submit` uses) does not make a local run a Ray one.
-    return "ray" if _RAY_JOB_DRIVER_ENV in os.environ else "local"
+    return "ray" if in_ray_job() else "local"
 
 
 def run_sampling(cfg: SampleConfig) -> list[int]:

@@ -110,7 +110,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     """Run every stage; returns the metrics written to ``<run_dir>/metrics.json``."""
     import torch
 
-    from data_pipeline.job import init_ray
+    from lamamba.ray_runtime import ray_session
 
     torch.set_num_threads(cfg.threads)
     paths = Paths(Path(cfg.run_dir).resolve())
@@ -121,8 +121,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     print(f"lamamba quickstart: the whole pipeline on scikit-learn's handwritten digits, CPU only.\n"
           f"Outputs: {paths.root}", flush=True)
     # One local Ray for the encode and sample stages (each job uses a running Ray as it is).
-    started_ray = init_ray(num_cpus=cfg.ray_cpus)
-    try:
+    with ray_session(num_cpus=cfg.ray_cpus):
         with clock.stage("classifier", "train the digit classifier that stands in for Inception"):
             classifier = _train_classifier(cfg, paths, clock)
         with clock.stage("encode", "Ray job: digits -> pixel-space latent shards (identity autoencoder)"):
@@ -133,11 +132,6 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
         with clock.stage("sample", f"{cfg.sample.num_samples} class-balanced samples from the EMA weights "
                                    f"({cfg.sample.sampler} {cfg.sample.steps} steps, CFG scale {cfg.sample.cfg_scale})"):
             _sample(cfg, clock)
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
     with clock.stage("evaluate", "FID and precision/recall on the classifier's features; sample accuracy"):
         metrics, samples = _evaluate(cfg, classifier, clock)
     with clock.stage("report", "sample grid, metrics JSON, TensorBoard"):

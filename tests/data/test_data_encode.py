@@ -8,7 +8,8 @@ import pytest
 import torch
 import webdataset as wds
 
-from data_pipeline import EncodeError, init_ray
+from data_pipeline import EncodeError
+from lamamba.ray_runtime import ray_session
 from data_pipeline.preprocess import to_model_input
 from data_pipeline.sources import SourceItem, load_image
 from data_pipeline.writer import encode_images
@@ -22,13 +23,9 @@ RESOLUTION = 32
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    started = init_ray(num_cpus=2)
-    yield
-    if started:
-        ray.shutdown()
+def shared_ray():
+    with ray_session(num_cpus=2):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +50,7 @@ def s3_overrides(options):
 
 
 @pytest.fixture(scope="module")
-def ray_encode(ray_session, encode):
+def ray_encode(shared_ray, encode):
     """The tiny-VAE encode job of a source on the shared local Ray, 2 workers."""
     def run(run_dir, source, *overrides):
         return encode(run_dir, f"source.path={source}", "autoencoder.kind=tiny-vae", f"resolution={RESOLUTION}",
