@@ -14,7 +14,8 @@ process per GPU under torchrun, its rendezvous chosen by ``--rendezvous``:
 A failed attempt is started again, up to ``--max-restarts`` times; the jobs resume by
 themselves (training from its newest committed checkpoint, encode and sample by skipping
 finished shards), so a restart loses at most the work since the last checkpoint. SIGTERM (a
-cancel) stops the job and is recorded as STOPPED, without a restart.
+cancel) stops the job and is recorded as STOPPED, without a restart; a job still running
+``--stop-grace`` seconds after the signal is killed, so a cancel never leaves a process behind.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 from lamamba import storage
 from launcher import runs
@@ -65,15 +67,30 @@ def local_config(run_dir: str) -> str:
 class Supervisor:
     """Runs the job command, forwards SIGTERM/SIGINT to it, and starts it again after a failure."""
 
-    def __init__(self, max_restarts: int):
+    def __init__(self, max_restarts: int, stop_grace_s: float = 60.0):
         self.max_restarts = max_restarts
+        self.stop_grace_s = stop_grace_s
         self.child: subprocess.Popen | None = None
         self.stopping = False
+        self.stop_time = 0.0
 
     def _on_signal(self, signum, _frame) -> None:
-        self.stopping = True
+        if not self.stopping:
+            self.stopping, self.stop_time = True, time.monotonic()
         if self.child is not None and self.child.poll() is None:
             self.child.send_signal(signal.SIGTERM)
+
+    def _wait(self) -> int:
+        """The child's exit code; killed when it outlives a stop signal by the grace period
+        (a job blocked in a system call, e.g. connecting to a Ray head that is gone)."""
+        while True:
+            try:
+                return self.child.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                if self.stopping and time.monotonic() - self.stop_time > self.stop_grace_s:
+                    print(f"[lamamba] the job is still running {self.stop_grace_s:.0f} s after the stop "
+                          f"signal; killing it", flush=True)
+                    self.child.kill()
 
     def run(self, cmd: list[str]) -> tuple[str, int, int]:
         """Run attempts until one succeeds, a stop is asked, or restarts run out.
@@ -93,7 +110,7 @@ class Supervisor:
             self.child = subprocess.Popen(cmd)
             if self.stopping:  # the signal came while the child was being started
                 self.child.send_signal(signal.SIGTERM)
-            rc = self.child.wait()
+            rc = self._wait()
             if self.stopping:  # cancelled: a job that checkpointed and exited 0 has not finished
                 return runs.STOPPED, rc, attempt
             if rc == 0:
@@ -130,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc-per-node", type=int, default=1)
     p.add_argument("--max-restarts", type=int, default=0)
     p.add_argument("--python", default=sys.executable, help="interpreter of the job processes")
+    p.add_argument("--stop-grace", type=float, default=60.0,
+                   help="seconds a job may take to checkpoint and exit after SIGTERM before it is killed")
     return p
 
 
@@ -142,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if node_rank == 0:  # a requeued or restarted job starts without the last attempt's ending
         runs.clear_outcome(args.run_dir)
-    state, rc, attempts = Supervisor(args.max_restarts).run(cmd)
+    state, rc, attempts = Supervisor(args.max_restarts, args.stop_grace).run(cmd)
     print(f"[lamamba] {args.job} {state.lower()} (exit code {rc}, {attempts} attempt(s))", flush=True)
     if node_rank == 0:  # last: whoever sees the outcome also sees the whole log
         runs.write_outcome(args.run_dir, state, rc, attempts)

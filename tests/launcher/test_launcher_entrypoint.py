@@ -7,6 +7,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from launcher import runs
 from launcher.entrypoint import Supervisor, torchrun_prefix
 
@@ -31,12 +33,16 @@ def test_gives_up_after_max_restarts(tmp_path):
     assert counter.read_text() == "2"
 
 
-def test_sigterm_stops_without_restart(tmp_path):
-    """A cancel is STOPPED, even when the job checkpoints and exits 0 on SIGTERM as training does."""
+@pytest.mark.parametrize("on_sigterm, rc", [
+    ("lambda *a: sys.exit(0)", 0),  # checkpoints and exits 0, as training does
+    ("signal.SIG_IGN", -signal.SIGKILL),  # stuck (e.g. connecting to a Ray head that is gone): killed
+])
+def test_sigterm_stops_without_restart(tmp_path, on_sigterm, rc):
+    """A cancel is STOPPED, even when the job exits 0 on SIGTERM, and never leaves the job running."""
     ready = tmp_path / "ready"
-    job = ("import signal, sys, time, pathlib; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
+    job = (f"import signal, sys, time, pathlib; signal.signal(signal.SIGTERM, {on_sigterm}); "
            f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)")
-    supervisor = Supervisor(max_restarts=3)
+    supervisor = Supervisor(max_restarts=3, stop_grace_s=1.0)
 
     def cancel_when_ready():
         while not ready.exists():
@@ -46,7 +52,7 @@ def test_sigterm_stops_without_restart(tmp_path):
     threading.Thread(target=cancel_when_ready, daemon=True).start()
     old = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     try:
-        assert supervisor.run([sys.executable, "-c", job]) == (runs.STOPPED, 0, 1)
+        assert supervisor.run([sys.executable, "-c", job]) == (runs.STOPPED, rc, 1)
     finally:
         signal.signal(signal.SIGTERM, old[0])
         signal.signal(signal.SIGINT, old[1])

@@ -30,13 +30,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _own_ray_pids(temp_dir: str) -> list[int]:
-    """Processes whose command line names this head's temp dir: the head's, and only those."""
+def _pids_naming(text: str) -> list[int]:
+    """Processes whose command line contains ``text`` (a temp dir only this test uses)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if temp_dir.encode() in (entry / "cmdline").read_bytes():
+                if text.encode() in (entry / "cmdline").read_bytes():
                     pids.append(int(entry.name))
             except OSError:
                 continue
@@ -75,7 +75,7 @@ def ray_head():
             head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        for pid in [head.pid, *_own_ray_pids(temp_dir)]:  # what is left, or left the session
+        for pid in [head.pid, *_pids_naming(temp_dir)]:  # what is left, or left the session
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -140,3 +140,7 @@ def test_ray_jobs_succeed_and_another_is_cancelled(ray_head, digits_config, tmp_
         time.sleep(0.5)
     assert state == runs.STOPPED
     assert not (Path(root) / other / "launch" / "FINISHED").exists()
+    # A cancel stops the job's processes too, not only its status.
+    while _pids_naming(str(Path(root) / other)):
+        assert time.monotonic() < deadline + 90, "the cancelled job's processes are still running"
+        time.sleep(0.5)
