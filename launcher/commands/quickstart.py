@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lamamba.quickstart import load_quickstart_config, run_quickstart
+    from launcher.quickstart import load_quickstart_config, run_quickstart
 
     cfg = load_quickstart_config(args.config, [*args.overrides, f"run_dir={args.out}"])
     run_quickstart(cfg)

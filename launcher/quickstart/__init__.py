@@ -6,7 +6,7 @@ samples class-balanced images, evaluates them, and writes a sample grid, a metri
 TensorBoard logs under ``run_dir``.
 """
 
-from lamamba.quickstart.config import QuickstartConfig, load_quickstart_config
-from lamamba.quickstart.pipeline import run_quickstart
+from launcher.quickstart.config import QuickstartConfig, load_quickstart_config
+from launcher.quickstart.pipeline import run_quickstart
 
 __all__ = ["QuickstartConfig", "load_quickstart_config", "run_quickstart"]

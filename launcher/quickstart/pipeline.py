@@ -19,8 +19,8 @@ import numpy as np
 
 from lamamba.config import save_config
 from lamamba.evaluation.digit_classifier import ClassifierReport
-from lamamba.quickstart.config import QuickstartConfig
-from lamamba.quickstart.stages import StageClock, format_seconds
+from launcher.quickstart.config import QuickstartConfig
+from launcher.quickstart.stages import StageClock, format_seconds
 from lamamba.training.checkpointer import MARKER as CHECKPOINT_MARKER
 from lamamba.training.checkpointer import step_dir_name
 
@@ -234,7 +234,7 @@ def read_samples(samples: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _report(cfg: QuickstartConfig, paths: Paths, metrics: dict, samples: Samples, clock: StageClock) -> None:
-    from lamamba.quickstart.report import sample_grid, write_metrics, write_tensorboard
+    from launcher.quickstart.report import sample_grid, write_metrics, write_tensorboard
 
     grid = sample_grid(samples.images, samples.labels, samples.predicted, int(samples.labels.max()) + 1,
                        cfg.grid_per_class)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lamamba.quickstart.report import sample_grid
+from launcher.quickstart.report import sample_grid
 
 ROOT = Path(__file__).resolve().parents[2]
 # A few steps of everything: the point is that every stage runs and hands over to the next.

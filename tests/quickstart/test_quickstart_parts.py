@@ -11,9 +11,9 @@ from lamamba.evaluation.digit_classifier import (ClassifierReport, DigitClassifi
                                                  digit_extractor, load_digit_classifier, save_digit_classifier,
                                                  train_digit_classifier)
 from lamamba.evaluation.features import build_extractor
-from lamamba.quickstart import load_quickstart_config
-from lamamba.quickstart.pipeline import Paths, _connect, real_digits
-from lamamba.quickstart.report import sample_grid, write_metrics
+from launcher.quickstart import load_quickstart_config
+from launcher.quickstart.pipeline import Paths, _connect, real_digits
+from launcher.quickstart.report import sample_grid, write_metrics
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_digits_are_encoded_without_mirrored_copies(digits):
 
 
 def test_a_weak_classifier_stops_the_run_before_training(tmp_path, capsys):
-    from lamamba.quickstart import run_quickstart
+    from launcher.quickstart import run_quickstart
 
     cfg = load_quickstart_config(None, [f"run_dir={tmp_path}", "classifier.epochs=1", "ray_cpus=1",
                                         "classifier.min_held_out_accuracy=1.01"])
