@@ -176,12 +176,13 @@ def _linear_scan_(a: torch.Tensor, b: torch.Tensor, adjoint: bool = False) -> to
     a = a.view(batch, n_chunks, chunk, *rest)
     h = b.view(batch, n_chunks, chunk, *rest)
     a_steps, h_steps = a.unbind(2), h.unbind(2)  # (batch, n_chunks, ...) views, one per step in a chunk
-    # Inside a chunk the scan visits `order`; step order[i] is linked to order[i - 1] by coefs[i - 1].
-    # Between chunks, a_steps[0] links the neighbouring chunk's last state to this chunk's first.
+    # Inside a chunk the scan visits `order`; step order[i] is linked to order[i - 1] (= order[i] + back)
+    # by coefs[i - 1]. Between chunks c and c + 1, a_steps[0][:, c + 1] links the one scanned first
+    # to the other.
     if adjoint:
-        order, coefs = range(chunk - 1, -1, -1), a_steps[:0:-1]
+        order, coefs, back = range(chunk - 1, -1, -1), a_steps[:0:-1], 1
     else:
-        order, coefs = range(chunk), a_steps[1:]
+        order, coefs, back = range(chunk), a_steps[1:], -1
     if n_chunks > 1:
         last = h_steps[order[0]].clone()
         for t, coef in zip(order[1:], coefs):
@@ -199,7 +200,7 @@ def _linear_scan_(a: torch.Tensor, b: torch.Tensor, adjoint: bool = False) -> to
                 last[:, c].addcmul_(into[:, c - 1], last[:, c - 1])
             h_steps[order[0]][:, 1:].addcmul_(link, last[:, :-1])
     for t, coef in zip(order[1:], coefs):
-        h_steps[t].addcmul_(coef, h_steps[t - 1] if not adjoint else h_steps[t + 1])
+        h_steps[t].addcmul_(coef, h_steps[t + back])
     h = h.view(batch, n_chunks * chunk, *rest)
     return h[:, :length] if pad else h
 
@@ -225,10 +226,11 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
     """The torch backend: forward by :func:`_linear_scan_`; backward by the adjoint scan
     g_t = C_t dy_t + a_{t+1} g_{t+1}, from the saved states h and decays a (no per-step graph).
 
-    On CPU the full-size (batch, L, D) passes are bound by memory traffic, and a fresh
-    multi-megabyte tensor costs page faults several times the arithmetic on it, so the code
-    allocates as few as it can: it writes in place, reuses buffers whose contents are spent
-    (``out=``), and never writes to a saved tensor (backward may run twice with retain_graph).
+    On CPU the full-size (batch, L, D) passes are bound by memory traffic, and one that writes a
+    fresh multi-megabyte tensor costs several times one that writes in place (about 0.8 against
+    0.1 ms at (1, 1024, 768) on 2 cores), so the code allocates as little as it can: it writes in
+    place, reuses buffers whose contents are spent (``out=``), and never writes to a saved tensor
+    (backward may run twice with retain_graph).
     """
 
     @staticmethod
@@ -241,25 +243,21 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             return _swap_last_two(x).view(batch, length, groups, per_group, 1)
 
         u_t = channels(u)
-        dt = channels(delta).add_(delta_bias.float().view(groups, per_group, 1))
-        if delta_softplus:
-            dt_in, dt = dt, F.softplus(dt)
-            dt_u = torch.mul(dt, u_t, out=dt_in)  # the pre-softplus values are not needed again
-        else:
-            dt_u = dt * u_t
+        dt_in = channels(delta).add_(delta_bias.float().view(groups, per_group, 1))
+        dt = F.softplus(dt_in) if delta_softplus else dt_in
+        dt_u = dt * u_t
         Bt, Ct = (x.float().permute(0, 3, 1, 2).unsqueeze(3) for x in (B, C))  # (batch, L, G, 1, N)
         A32 = A.float().view(groups, per_group, -1)
         a = torch.mul(dt, A32).exp_()  # (batch, L, G, D/G, N)
         h = _linear_scan_(a, torch.mul(dt_u, Bt))
         y = _sum_states(h * Ct).squeeze(-1).addcmul_(u_t.squeeze(-1), D.float().view(groups, per_group))
-        ctx.save_for_backward(u_t, dt, dt_u, A32, Bt, Ct, D, a, h)
-        ctx.delta_softplus = delta_softplus
+        ctx.save_for_backward(u_t, dt, dt_in if delta_softplus else None, dt_u, A32, Bt, Ct, D, a, h)
         ctx.dtypes = [x.dtype for x in (u, delta, A, B, C, D, delta_bias)]
         return _swap_last_two(y.reshape(batch, length, dim))
 
     @staticmethod
     def backward(ctx, dy):
-        u_t, dt, dt_u, A32, Bt, Ct, D, a, h = ctx.saved_tensors
+        u_t, dt, dt_in, dt_u, A32, Bt, Ct, D, a, h = ctx.saved_tensors
         batch, length, groups, per_group, _ = u_t.shape
         dim = groups * per_group
         dy_t = _swap_last_two(dy).view(batch, length, groups, per_group, 1)
@@ -274,8 +272,8 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         du = dy_t.mul_(D.float().view(groups, per_group, 1)).addcmul_(gB, dt)
         d_dt = _sum_states(d_log_a * A32).addcmul_(gB, u_t)
         dA = d_log_a.mul_(dt).sum((0, 1)).reshape(dim, -1)
-        if ctx.delta_softplus:  # softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x))
-            d_dt.mul_(torch.neg(dt, out=gB).expm1_().neg_())
+        if dt_in is not None:  # softplus'(x) = sigmoid(x)
+            d_dt.mul_(torch.sigmoid(dt_in, out=gB))
         d_bias = d_dt.sum((0, 1)).reshape(dim)
 
         def batch_major(x):  # (batch, L, G, D/G, 1) -> (batch, D, L)

@@ -26,9 +26,10 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
-# Lengths: trivial, a prime, around the chunk sizes (sqrt(L) rounding), and the longest the issue asks.
+# Lengths: trivial, one chunk, primes (no divisor near sqrt(L): padded chunks, also with batch 2 and
+# N = 16), a length cut into chunks of a divisor, and the longest the issue asks.
 CASES = [
-    (2, 8, 4, 1, 1), (2, 8, 4, 16, 1), (2, 8, 2, 16, 2), (1, 8, 4, 16, 37), (2, 8, 4, 1, 127),
+    (2, 8, 4, 1, 1), (2, 8, 4, 16, 1), (2, 8, 2, 16, 2), (1, 8, 4, 16, 37), (2, 8, 4, 1, 127), (2, 8, 2, 16, 211),
     (1, 8, 4, 16, 257), (1, 4, 4, 16, 1000), (1, 8, 4, 1, 4096), (1, 4, 4, 16, 4096),
 ]
 
@@ -49,6 +50,17 @@ def test_torch_scan_matches_float64_reference(batch, dim, groups, n, length):
     assert relative_error(got, want) < 1e-5
     for name in inputs:
         assert relative_error(got_in[name].grad, ref[name].grad) < 1e-5, name
+
+
+def test_backward_twice_gives_the_same_gradients():
+    # The backward reuses buffers in place; it must never overwrite what it saved.
+    inputs = {k: v.float().requires_grad_() for k, v in random_inputs(2, 8, 4, 1, 100, seed=4).items()}
+    y = selective_scan(**inputs, delta_softplus=True, backend="torch")
+    grad_out = torch.randn_like(y)
+    first = torch.autograd.grad(y, list(inputs.values()), grad_out, retain_graph=True)
+    second = torch.autograd.grad(y, list(inputs.values()), grad_out)
+    for name, g1, g2 in zip(inputs, first, second):
+        assert torch.equal(g1, g2), name
 
 
 def test_without_optional_inputs_and_softplus():
