@@ -210,6 +210,11 @@ def _sum_states(x: torch.Tensor) -> torch.Tensor:
     return x if x.shape[-1] == 1 else x.sum(-1, keepdim=True)
 
 
+def _add_summed_states_(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """out += sum over N of x * w, in place; with N = 1 one fused pass and no temporary."""
+    return out.addcmul_(x, w) if x.shape[-1] == 1 else out.add_(_sum_states(x * w))
+
+
 def _swap_last_two(x: torch.Tensor) -> torch.Tensor:
     """(batch, P, Q) -> a new contiguous float32 (batch, Q, P), one 2-D transposed copy per batch item.
 
@@ -270,10 +275,10 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         d_log_a = torch.addcmul(h, dt_u, Bt, value=-1.0, out=work).mul_(g)
         gB = _sum_states(g.mul_(Bt))  # dL/d(dt u)
         du = dy_t.mul_(D.float().view(groups, per_group, 1)).addcmul_(gB, dt)
-        d_dt = _sum_states(d_log_a * A32).addcmul_(gB, u_t)
+        d_dt = _add_summed_states_(gB.mul_(u_t), d_log_a, A32)
         dA = d_log_a.mul_(dt).sum((0, 1)).reshape(dim, -1)
         if dt_in is not None:  # softplus'(x) = sigmoid(x)
-            d_dt.mul_(torch.sigmoid(dt_in, out=gB))
+            d_dt.mul_(torch.sigmoid(dt_in, out=work[..., :1]))
         d_bias = d_dt.sum((0, 1)).reshape(dim)
 
         def batch_major(x):  # (batch, L, G, D/G, 1) -> (batch, D, L)
