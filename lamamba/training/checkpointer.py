@@ -253,9 +253,10 @@ class Checkpointer:
             save_consolidated(engine, os.path.join(local, CONSOLIDATED_FILE), keep=self.world.is_main)
         os.makedirs(os.path.join(local, "rng"), exist_ok=True)
         torch.save(_rng_state(), os.path.join(local, "rng", f"rank_{self.world.rank:05d}.pt"))
+        averages = [ema.state_dict(decay) for decay in ema.decays]  # collective
         if self.world.is_main:
-            for i, decay in enumerate(ema.decays):
-                save_model_weights(os.path.join(local, ema_file_name(decay, i == 0)), ema.state_dict(decay),
+            for i, (decay, average) in enumerate(zip(ema.decays, averages)):
+                save_model_weights(os.path.join(local, ema_file_name(decay, i == 0)), average,
                                    model_cfg, metadata={"ema_decay": f"{decay:g}", "step": str(step)})
             with open(os.path.join(local, STATE_FILE), "w") as f:
                 json.dump(trainer_state, f, indent=1, sort_keys=True)
@@ -329,12 +330,11 @@ class Checkpointer:
             engine.lr_scheduler.load_state_dict(state["lr_scheduler"])
             engine.global_steps = state["step"]
             engine.global_samples = state["samples_consumed"]
-        if ema.keep:
-            for i, decay in enumerate(ema.decays):
-                path = os.path.join(local, ema_file_name(decay, i == 0))
-                if not os.path.isfile(path):
-                    raise RuntimeError(f"checkpoint {step_dir_name(step)} has no EMA for decay {decay:g} ({path})")
-                ema.load_state_dict(decay, load_file(path))
+        for i, decay in enumerate(ema.decays):  # every rank takes its shares of the full averages
+            path = os.path.join(local, ema_file_name(decay, i == 0))
+            if not os.path.isfile(path):
+                raise RuntimeError(f"checkpoint {step_dir_name(step)} has no EMA for decay {decay:g} ({path})")
+            ema.load_state_dict(decay, load_file(path))
         if self.remote:
             barrier()
             if self.world.local_rank == 0:

@@ -2,7 +2,10 @@
 an :class:`IntervalMeter` turns an interval of them into the logged figures, and sinks write them
 (a plain-text line, ``metrics.jsonl`` and TensorBoard on rank 0).
 
-Throughput figures: images/s counts the global batch; MFU = images/s x 6 x forward FLOPs per
+Throughput figures: images/s = global-batch images / the sum of the interval's step times, where a
+step's time covers the whole optimizer step as the loop runs it (data wait, forward, backward,
+optimizer step, metric all-reduce, EMA update, logging) and leaves out only checkpoint saves and
+sample grids (the trainer's clock); MFU = images/s x 6 x forward FLOPs per
 image (``count_flops`` counts a multiply-add as one FLOP, so x2 for FLOPs and x3 for forward +
 backward; activation recomputation is not counted, as usual) / (peak FLOP/s x number of devices).
 """
@@ -34,7 +37,7 @@ class StepStats:
     lr: float
     skipped: bool
     images: int
-    step_time: float  # seconds since the previous step ended (data wait included)
+    step_time: float  # seconds from the previous step's end to this step's EMA update, minus saves/samples
     data_time: float  # seconds of it spent waiting for the batch
 
 

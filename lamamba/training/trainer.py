@@ -118,7 +118,7 @@ class Trainer:
         num_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
         self.engine = build_engine(model, cfg, self.plan)
         dtype = torch.bfloat16 if cfg.engine.precision == "bf16" else torch.float32
-        self.ema = EMA(self.engine.module, cfg.ema.decays, keep=world.is_main)
+        self.ema = EMA(self.engine, cfg.ema.decays)
         self.train_step = DiffusionTrainStep(self.engine, create_diffusion(**dataclasses.asdict(cfg.diffusion)),
                                              self.plan, cfg.seed, cfg.model.class_dropout_prob, dtype, self.device)
 
@@ -186,8 +186,10 @@ class Trainer:
             self.sinks.scalars(figures)
         log.info(format_line(figures))
 
-    def _record(self, result, data_time: float, step_time: float) -> bool:
-        """All-reduce one step's figures, guard, update the EMA, log; True if a rank asked to stop."""
+    def _record(self, result, data_time: float, clock: float) -> tuple[bool, float]:
+        """All-reduce one step's figures, guard, update the EMA, log; returns (a rank asked to
+        stop, the step's end time): the step's time runs from ``clock`` to the end of the EMA update.
+        """
         result.sums[STOP] = float(self.watcher.stop_requested())
         total = all_reduce_sum(result.sums)
         self.step += 1
@@ -198,14 +200,15 @@ class Trainer:
                         self.step, loss, result.grad_norm, self.guard.consecutive)
         else:
             self.ema.update()
+        ended = time.perf_counter()
         self.meter.add(StepStats(
             step=self.step, loss=loss, mse=float(total[MSE] / total[COUNT]), vb=float(total[VB] / total[COUNT]),
             quarter_loss_sum=total[QSUM:QCOUNT].tolist(), quarter_count=total[QCOUNT:VECTOR].tolist(),
             grad_norm=result.grad_norm, lr=result.lr, skipped=skipped, images=self.cfg.global_batch,
-            step_time=step_time, data_time=data_time))
+            step_time=ended - clock, data_time=data_time))
         if self.watcher.received:
             log.warning("%s received: stopping after step %d and a checkpoint", self.watcher.received, self.step)
-        return bool(total[STOP] > 0)
+        return bool(total[STOP] > 0), ended
 
     def run(self) -> int:
         cfg, mon = self.cfg, self.cfg.monitor
@@ -214,24 +217,32 @@ class Trainer:
             return 0
         batches = iter(self.loader)
         self.engine.train()
+        # Throughput clock: a step's time is the wall-clock from the end of the previous step to
+        # the end of its EMA update (data wait, forward, backward, optimizer step, metric
+        # all-reduce, EMA, the previous step's logging), minus checkpoint saves and sample grids.
+        clock = time.perf_counter()
         try:
             while self.step < cfg.max_steps:
-                started = time.perf_counter()
+                fetch = time.perf_counter()
                 batch = next(batches)
-                data_time = time.perf_counter() - started
+                data_time = time.perf_counter() - fetch
                 result = self.train_step(batch)
-                stop = self._record(result, data_time, time.perf_counter() - started)
+                stop, clock = self._record(result, data_time, clock)
                 last = stop or self.step == cfg.max_steps
                 if self.step % mon.log_every == 0 or last:
                     self._log_interval()
-                if self.sampler is not None and self.step % mon.sample_every == 0:
-                    self.sinks.image("samples/ema", self.sampler(self.ema.state_dict()), self.step)
+                paused = time.perf_counter()
+                if mon.sample_every > 0 and self.step % mon.sample_every == 0:
+                    weights = self.ema.state_dict()  # collective: every rank joins the gather
+                    if self.sampler is not None:
+                        self.sinks.image("samples/ema", self.sampler(weights), self.step)
                 if self.step % cfg.checkpoint.every_steps == 0 or last:
                     url = self._save()
                     if stop:
                         log.info("preempted (%s) at step %d: checkpoint %s committed; exiting 0 - "
                                  "relaunch the same command to continue", self.watcher.reason(), self.step, url)
                         return 0
+                clock += time.perf_counter() - paused
             log.info("finished: %d steps", self.step)
             return 0
         finally:
