@@ -20,3 +20,37 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+class S3Server:
+    """A real S3 API server (moto) on a free loopback port, shared by the whole test session."""
+
+    def __init__(self):
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        # s3fs storage options; the same values as environment variables for code that reads them.
+        self.options = {"endpoint_url": self.endpoint, "key": "testing", "secret": "testing"}
+        self.env = {"LAMAMBA_S3_ENDPOINT": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                    "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def bucket(self, name: str) -> dict:
+        """Create bucket ``name`` (names are per test, >= 3 characters); returns the storage options."""
+        from lamamba import storage
+
+        fs, _ = storage.filesystem(f"s3://{name}", self.options)
+        fs.mkdir(name)
+        return dict(self.options)
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    server = S3Server()
+    yield server
+    server.stop()

@@ -1,7 +1,5 @@
 """Storage URLs: atomic whole-object writes, locally and on an S3 API server."""
 
-import pytest
-
 from lamamba import storage
 
 
@@ -22,18 +20,8 @@ def test_local(tmp_path):
     assert not list((tmp_path / "store").rglob("*.tmp-*"))
 
 
-def test_s3(monkeypatch):
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                           "AWS_DEFAULT_REGION": "us-east-1",
-                           "LAMAMBA_S3_ENDPOINT": f"http://{host}:{port}"}.items():
-            monkeypatch.setenv(key, value)
-        fs, _ = storage.filesystem("s3://core-bucket")
-        fs.mkdir("core-bucket")
-        roundtrip("s3://core-bucket/store")
-    finally:
-        server.stop()
+def test_s3(monkeypatch, s3_server):
+    for key, value in s3_server.env.items():  # credentials and endpoint from the environment
+        monkeypatch.setenv(key, value)
+    s3_server.bucket("core-bucket")
+    roundtrip("s3://core-bucket/store")

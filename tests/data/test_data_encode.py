@@ -9,7 +9,6 @@ import torch
 import webdataset as wds
 
 from data_pipeline import EncodeError
-from lamamba.ray_runtime import ray_session
 from data_pipeline.preprocess import to_model_input
 from data_pipeline.sources import SourceItem, load_image
 from data_pipeline.writer import encode_images
@@ -17,6 +16,7 @@ from lamamba import storage
 from lamamba.autoencoders import AutoencoderConfig, build_autoencoder
 from lamamba.data import LatentLoader, read_manifest
 from lamamba.data.shard_format import unpack_shard
+from lamamba.ray_runtime import ray_session
 
 BUCKET = "latents-test"
 RESOLUTION = 32
@@ -29,19 +29,12 @@ def shared_ray():
 
 
 @pytest.fixture(scope="module")
-def s3(image_tree):
-    """A moto S3 server on a free port with the image tree uploaded; yields storage options."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
+def s3(s3_server, image_tree):
+    """A bucket on the S3 API server with the image tree uploaded; yields storage options."""
+    options = s3_server.bucket(BUCKET)
     fs, _ = storage.filesystem(f"s3://{BUCKET}", options)
-    fs.mkdir(BUCKET)
     fs.put(image_tree, f"{BUCKET}/images", recursive=True)
-    yield options
-    server.stop()
+    return options
 
 
 def s3_overrides(options):
@@ -59,9 +52,15 @@ def ray_encode(shared_ray, encode):
 
 
 def direct_encode(encoder, image_tree, key):
-    """The reference: one image, one process, no batching."""
+    """The reference: one image, one process, no batching, on as many threads as a Ray worker
+    (which inherits OMP_NUM_THREADS): CPU convolutions differ in the last bit across thread counts."""
     image = to_model_input(load_image(SourceItem(key, 0, os.path.join(image_tree, key))), RESOLUTION, 3)
-    return encode_images(encoder, image[None], batch_size=1)[0]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    try:
+        return encode_images(encoder, image[None], batch_size=1)[0]
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_encode_to_s3_and_local_equal_direct_encode(ray_encode, s3, image_tree, tmp_path):

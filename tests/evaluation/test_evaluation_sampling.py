@@ -183,33 +183,23 @@ def test_evaluate_against_an_adm_reference(work, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-def test_samples_and_reference_on_s3(work, tmp_path, monkeypatch):
-    from moto.server import ThreadedMotoServer
-
+def test_samples_and_reference_on_s3(work, tmp_path, monkeypatch, s3_server):
     from lamamba import storage
     from lamamba.evaluation.config import EvalConfig
     from lamamba.evaluation.evaluator import evaluate
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        monkeypatch.setenv("LAMAMBA_S3_ENDPOINT", f"http://{host}:{port}")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        fs, _ = storage.filesystem("s3://lamamba-eval")
-        fs.mkdir("lamamba-eval")
-        out = "s3://lamamba-eval/samples"
-        overrides = [*BASE, "num_samples=4", "cfg_scale=1.0", f"checkpoint={work['ckpt']}", f"out={out}"]
-        assert run_sampling(load_config(SampleConfig, None, overrides)) == [0, 1]
-        assert run_sampling(load_config(SampleConfig, None, overrides)) == []  # markers found on S3
-        buf = io.BytesIO()
-        np.savez(buf, arr_0=np.random.default_rng(0).integers(0, 256, size=(5, 64, 64, 3), dtype=np.uint8))
-        storage.write_bytes("s3://lamamba-eval/ref.npz", buf.getvalue())
-        result = evaluate(load_config(EvalConfig, None, [
-            f"samples={out}", "reference=s3://lamamba-eval/ref.npz", "out=s3://lamamba-eval/metrics.json",
-            f"run_dir={tmp_path}", "extractor.kind=evaluation_fakes:build"]))
-        assert result["protocol"]["num_samples"] == 4
-        assert json.loads(storage.read_bytes("s3://lamamba-eval/metrics.json"))["metrics"] == result["metrics"]
-    finally:
-        server.stop()
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    s3_server.bucket("lamamba-eval")
+    out = "s3://lamamba-eval/samples"
+    overrides = [*BASE, "num_samples=4", "cfg_scale=1.0", f"checkpoint={work['ckpt']}", f"out={out}"]
+    assert run_sampling(load_config(SampleConfig, None, overrides)) == [0, 1]
+    assert run_sampling(load_config(SampleConfig, None, overrides)) == []  # markers found on S3
+    buf = io.BytesIO()
+    np.savez(buf, arr_0=np.random.default_rng(0).integers(0, 256, size=(5, 64, 64, 3), dtype=np.uint8))
+    storage.write_bytes("s3://lamamba-eval/ref.npz", buf.getvalue())
+    result = evaluate(load_config(EvalConfig, None, [
+        f"samples={out}", "reference=s3://lamamba-eval/ref.npz", "out=s3://lamamba-eval/metrics.json",
+        f"run_dir={tmp_path}", "extractor.kind=evaluation_fakes:build"]))
+    assert result["protocol"]["num_samples"] == 4
+    assert json.loads(storage.read_bytes("s3://lamamba-eval/metrics.json"))["metrics"] == result["metrics"]

@@ -13,17 +13,8 @@ BUCKET = "lamamba-ckpt"
 
 
 @pytest.fixture()
-def s3_options():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
-    fs, _ = storage.filesystem(f"s3://{BUCKET}", options)
-    fs.mkdir(BUCKET)
-    yield options
-    server.stop()
+def s3_options(s3_server):
+    return s3_server.bucket(BUCKET)
 
 
 def test_diverging_run_stops_with_last_good_checkpoint_on_s3(tmp_path, digits_manifest, s3_options):
