@@ -7,7 +7,7 @@ into fresh outputs: ``ray.num_workers=0`` (a plain loop in this process, no Ray)
 The plain loop runs twice: with torch's default intra-op threads and with one thread (what each
 Ray worker uses). All runs must produce the same manifest id (byte-identical shards).
 
-  PYTHONPATH=. python benchmarks/bench_encode.py [--images 1024] [--resolution 64] [--dir /tmp/bench_encode]
+  PYTHONPATH=. python benchmarks/bench_encode.py [--images 1024] [--resolution 64] [--dir runs/bench_encode]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--dir", default="/tmp/bench_encode")
+    parser.add_argument("--dir", default="runs/bench_encode")
     args = parser.parse_args()
     shutil.rmtree(args.dir, ignore_errors=True)
     source = os.path.join(args.dir, "images")

@@ -4,7 +4,7 @@ Writes N synthetic 32x32x4 latent samples as tar shards + manifest (the reader's
 speed is measured by bench_encode.py) and the same samples as fast-DiT's features/<i>.npy +
 labels/<i>.npy, then times batches of both with 0 and 2 DataLoader workers.
 
-  PYTHONPATH=. python benchmarks/bench_reader.py [--samples 20000] [--batch 256] [--dir /tmp/bench_reader] [--reuse]
+  PYTHONPATH=. python benchmarks/bench_reader.py [--samples 20000] [--batch 256] [--dir runs/bench_reader] [--reuse]
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--dir", default="/tmp/bench_reader")
+    parser.add_argument("--dir", default="runs/bench_reader")
     parser.add_argument("--reuse", action="store_true", help="keep a dataset already written in --dir")
     args = parser.parse_args()
     shards = os.path.join(args.dir, "shards")

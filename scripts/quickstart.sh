@@ -3,7 +3,7 @@
 # evaluate) on scikit-learn's handwritten digits, on the CPU, in about ten minutes.
 #
 #   bash scripts/quickstart.sh                    # outputs under runs/quickstart/
-#   bash scripts/quickstart.sh --out /tmp/qs      # any argument is passed to `lamamba quickstart`
+#   bash scripts/quickstart.sh --out runs/qs2      # any argument is passed to `lamamba quickstart`
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -20,7 +20,7 @@ manifest. ray.num_workers=0 encodes in this process without Ray.
 Examples:
   lamamba encode configs/encode/imagenet_256.yaml source.path=/data/imagenet/train
   lamamba encode configs/encode/digits.yaml source.split=train
-  lamamba encode configs/encode/tiny_test.yaml source.path=/tmp/images ray.num_workers=0
+  lamamba encode configs/encode/tiny_test.yaml source.path=data/images ray.num_workers=0
 
 Exit codes: 0 done, 1 some shards failed (rerun to finish), 2 config or source error.
 """
