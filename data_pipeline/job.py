@@ -19,11 +19,10 @@ from data_pipeline.shard_plan import PlannedShard, plan_shards
 from data_pipeline.sources import list_source
 from data_pipeline.writer import cached_autoencoder, encode_shard
 from lamamba import storage
-from lamamba.config import config_hash, to_dict
+from lamamba.config import config_hash, redacted, to_dict
 from lamamba.ray_runtime import ray_session
 
 log = logging.getLogger("lamamba.encode")
-_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 
 
 class EncodeError(RuntimeError):
@@ -53,15 +52,9 @@ class EncodeSummary:
         ]
 
 
-def _redacted(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: ("<redacted>" if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in options.items()}
-
-
 def _record_run(cfg: EncodeConfig) -> None:
     """Write the resolved config (credentials redacted) and its hash into the run directory."""
-    data = to_dict(cfg)
-    data["storage_options"] = _redacted(cfg.storage_options)
-    data["source"]["storage_options"] = _redacted(cfg.source.storage_options)
+    data = redacted(to_dict(cfg))
     storage.makedirs(cfg.run_dir)
     storage.write_bytes(storage.join(cfg.run_dir, "config.yaml"), yaml.safe_dump(data, sort_keys=False).encode())
     storage.write_bytes(storage.join(cfg.run_dir, "config_hash"), (config_hash(cfg) + "\n").encode())

@@ -26,6 +26,18 @@ class ConfigError(ValueError):
     """A config file, key or value is invalid; the message names it."""
 
 
+SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+def redacted(data: Any) -> Any:
+    """``data`` (a config dict, nested) with every value under a credential-like key replaced by
+    ``"<redacted>"``: what config.yaml files, logs and status output may show."""
+    if not isinstance(data, dict):
+        return data
+    return {k: "<redacted>" if any(w in str(k).lower() for w in SECRET_WORDS) and not isinstance(v, dict)
+            else redacted(v) for k, v in data.items()}
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 

@@ -10,6 +10,7 @@ so a reader never sees half a shard or half a checkpoint file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import uuid
@@ -40,6 +41,20 @@ def join(url: str, *parts: str) -> str:
     return os.path.join(url, *parts)
 
 
+class UnsafePathError(ValueError):
+    """A path taken from data (an object key, a manifest entry, a tar member) leaves its root."""
+
+
+def safe_join(root: str, relative: str, what: str = "path") -> str:
+    """``join(root, relative)`` for a ``relative`` that comes from data, refused unless it stays
+    inside ``root``: absolute names, ``..`` components and empty names raise
+    :class:`UnsafePathError` naming ``what`` and the offending value."""
+    parts = relative.replace("\\", "/").split("/")
+    if not relative or relative.startswith("/") or ".." in parts or "" in parts[:-1] or "\x00" in relative:
+        raise UnsafePathError(f"{what} {relative!r} is not a plain relative path inside {root}")
+    return join(root, *parts)
+
+
 def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
@@ -53,6 +68,16 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes
     fs, path = filesystem(url, storage_options)
     with fs.open(path, "rb") as f:
         return f.read()
+
+
+def sha256(url: str, storage_options: dict[str, Any] | None = None) -> str:
+    """Hex sha256 of a local file or object, streamed in 4 MiB blocks."""
+    fs, path = filesystem(url, storage_options)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:

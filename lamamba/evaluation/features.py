@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from lamamba import storage
 from lamamba.evaluation.config import ExtractorConfig
 
 FEATURE_KEYS = ("pool", "spatial", "logits")
@@ -38,12 +39,12 @@ class InceptionExtractor:
     """The TF-FID Inception-v3 (``lamamba.evaluation.inception``) as a feature extractor."""
 
     def __init__(self, cfg: ExtractorConfig):
-        from lamamba.evaluation.inception import file_sha256, load_inception
+        from lamamba.evaluation.inception import load_inception
 
         self.device = resolve_device(cfg.device)
         self.batch_size = cfg.batch_size
         self.model = load_inception(cfg.weights, self.device)
-        self.name = f"pt_inception-2015-12-05 ({os.path.basename(cfg.weights)}, sha256 {file_sha256(cfg.weights)[:16]})"
+        self.name = f"pt_inception-2015-12-05 ({os.path.basename(cfg.weights)}, sha256 {storage.sha256(cfg.weights)[:16]})"
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:

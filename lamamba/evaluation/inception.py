@@ -17,7 +17,6 @@ first 7 channels of mixed_6/conv (``Mixed_6d.branch1x1``) flattened in NHWC orde
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import torch
@@ -273,15 +272,6 @@ def load_inception_state_dict(model: FIDInceptionV3, state_dict: dict[str, torch
                 lines.append(f"  {title} ({len(keys)}): {shown}")
         raise InceptionWeightsError("\n".join(lines))
     model.load_state_dict(state_dict, strict=False)
-
-
-def file_sha256(path: str) -> str:
-    """Hex sha256 of a local file (recorded in protocol cards)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_inception(path: str, device: torch.device | str = "cpu") -> FIDInceptionV3:

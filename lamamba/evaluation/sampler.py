@@ -14,7 +14,6 @@ Within a shard the batches are the same whatever the fan-out, so the bytes are t
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 
 import numpy as np
@@ -47,15 +46,6 @@ def weights_url(checkpoint: str) -> str:
     if not fs.exists(path):
         raise ConfigError(f"checkpoint: {checkpoint} does not exist")
     return checkpoint
-
-
-def _sha256(url: str) -> str:
-    fs, path = storage.filesystem(url)
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -159,7 +149,7 @@ def protocol(cfg: SampleConfig) -> dict:
     plan = ShardPlan(cfg.num_samples, cfg.shard_size)
     return {
         "checkpoint": cfg.checkpoint,
-        "checkpoint_sha256": _sha256(url),
+        "checkpoint_sha256": storage.sha256(url),
         "model": to_dict(model_cfg),
         "num_samples": cfg.num_samples,
         "shard_size": cfg.shard_size,

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from lamamba import storage
-from lamamba.config import ConfigError, config_hash, to_dict
+from lamamba.config import ConfigError, config_hash, redacted, to_dict
 from lamamba.training.checkpointer import Checkpointer, step_dir_name
 from lamamba.training.config import TrainConfig
 from lamamba.training.distributed import World, all_reduce_sum, init_distributed, shutdown
@@ -49,17 +49,6 @@ def setup_logging(run_dir: str, world: World) -> None:
         handler = logging.FileHandler(os.path.join(run_dir, "train.log"))
         handler.setFormatter(fmt)
         log.addHandler(handler)
-
-
-_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
-
-
-def redacted(data: Any) -> Any:
-    """A config dict with credentials in storage options replaced, fit for config.yaml and logs."""
-    if not isinstance(data, dict):
-        return data
-    return {k: "<redacted>" if any(w in k.lower() for w in _SECRET_WORDS) and not isinstance(v, dict)
-            else redacted(v) for k, v in data.items()}
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

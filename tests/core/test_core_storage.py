@@ -1,5 +1,9 @@
 """Storage URLs: atomic whole-object writes, locally and on an S3 API server."""
 
+import os
+
+import pytest
+
 from lamamba import storage
 
 
@@ -25,3 +29,21 @@ def test_s3(monkeypatch, s3_server):
         monkeypatch.setenv(key, value)
     s3_server.bucket("core-bucket")
     roundtrip("s3://core-bucket/store")
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../../x", "/etc/hostname", "", "a//b", "a/b/.."])
+def test_safe_join_refuses_paths_leaving_the_root(tmp_path, name):
+    with pytest.raises(storage.UnsafePathError, match="manifest shard"):
+        storage.safe_join(str(tmp_path), name, what="manifest shard")
+
+
+def test_safe_join_keeps_plain_relative_paths(tmp_path):
+    assert storage.safe_join(str(tmp_path), "a/b.tar") == str(tmp_path / "a" / "b.tar")
+    assert storage.safe_join("s3://bkt/root", "ckpt/step_1/x.pt") == "s3://bkt/root/ckpt/step_1/x.pt"
+
+
+def test_sha256_streams_a_file(tmp_path):
+    import hashlib
+    data = os.urandom((1 << 22) + 17)
+    (tmp_path / "f").write_bytes(data)
+    assert storage.sha256(str(tmp_path / "f")) == hashlib.sha256(data).hexdigest()

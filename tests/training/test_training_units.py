@@ -15,7 +15,7 @@ from lamamba.training.monitors import IntervalMeter, StepStats, format_line
 from lamamba.training.numerics import NonFiniteError, NumericsGuard
 from lamamba.training.preemption import PreemptionWatcher
 from lamamba.training.sample_grid import image_grid
-from lamamba.training.trainer import redacted
+from lamamba.config import redacted
 
 
 def test_batch_plan_follows_global_batch_and_world_size():
