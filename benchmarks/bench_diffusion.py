@@ -1,7 +1,7 @@
 """Overhead of the diffusion itself, with a model that costs nothing (returns zeros).
 
 Times, per sampler step, the DDPM / DDIM math with the global generator and with keyed
-per-sample generators (protocols section 4), and per training step the keyed draws
+per-sample generators (docs/protocols.md, *Sample sets*), and per training step the keyed draws
 (``training_draws``) and the hybrid loss math. Compare with the model's own time per forward.
 
   PYTHONPATH=. python benchmarks/bench_diffusion.py [--batch 64] [--train-batch 256] [--size 32] [--device cpu]

@@ -1,4 +1,4 @@
-"""ADM's image preprocessing (protocols.md section 1): centre crop, [-1, 1], horizontal flip."""
+"""ADM's image preprocessing (docs/protocols.md, *Images to latents*): centre crop, [-1, 1], horizontal flip."""
 
 from __future__ import annotations
 

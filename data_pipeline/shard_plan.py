@@ -1,4 +1,4 @@
-"""The shard plan: shard i always holds the same items (protocols.md section 2).
+"""The shard plan: shard i always holds the same items (docs/protocols.md, *Latent shards*).
 
 It is a pure function of the source listing, the shard size, the resolution and the autoencoder,
 and each planned shard carries a digest of exactly those inputs; a done-marker whose digest

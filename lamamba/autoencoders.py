@@ -4,7 +4,7 @@ Three kinds share one interface (:class:`Autoencoder`):
 
 - ``"sd-vae"``: diffusers' ``AutoencoderKL`` (sd-vae-ft-mse) from a local directory or a hub id;
   float16 (or bfloat16) on a GPU, float32 on the CPU. Latents: 4 channels at 1/8 resolution,
-  scale factor 0.18215 (protocols.md section 1).
+  scale factor 0.18215 (docs/protocols.md, *Images to latents*).
 - ``"tiny-vae"``: an ``AutoencoderKL`` of the same latent shape (4 channels, /8) with a few
   thousand random weights drawn from a fixed seed, so every process builds the same network. For
   tests and benchmarks; its scale factor is the SD VAE's so downstream code takes the same path.

@@ -1,10 +1,10 @@
 """Keyed randomness: every random draw that touches a sample is a pure function of integer keys.
 
-The protocols (protocols.md sections 3 and 4) require that a sample's flip, posterior noise,
-timestep, diffusion noise and label drop depend on (seed, global sample index, epoch) and not on a
-per-rank generator stream, so that results do not depend on the number of workers, the batch a
-sample lands in, or where a run was resumed. Draws are made on the CPU (whose generator is the
-same on every machine) and then moved to the target device.
+A sample's flip, posterior noise, timestep, diffusion noise and label drop depend on (seed, global
+sample index, epoch), and a sample-set image's noise on (seed, index), never on a per-rank generator
+stream (docs/protocols.md, *Data order and keyed randomness*), so that results do not depend on the
+number of workers, the batch a sample lands in, or where a run was resumed. Draws are made on the
+CPU (whose generator is the same on every machine) and then moved to the target device.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The deterministic, resumable, rank-sliced latent loader (protocols.md section 3).
+"""The deterministic, resumable, rank-sliced latent loader (docs/protocols.md,
+*Data order and keyed randomness*).
 
 The global stream is the concatenation of epochs; epoch e visits every dataset index once, in
 the order ``global_order(seed, e, N)``. Global step k covers stream positions

@@ -1,4 +1,5 @@
-"""The latent shard format (protocols.md section 2): webdataset tar files, one sample per key.
+"""The latent shard format (docs/protocols.md, *Latent shards and the
+manifest*): webdataset tar files, one sample per key.
 
 Each sample ``<key>`` (the 9-digit position of the image in the shard plan) has three members:
 

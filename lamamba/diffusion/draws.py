@@ -1,7 +1,8 @@
 """Keyed training draws: the timestep and noise of each sample from its own generators.
 
-Protocols section 3: every random draw that touches a sample is keyed by (seed, global sample
-index, epoch), so a run resumed on a different number of ranks sees the same timesteps and noise.
+Every random draw that touches a sample is keyed by (seed, global sample index, epoch)
+(docs/protocols.md, *Data order and keyed randomness*), so a run resumed on a different number of
+ranks sees the same timesteps and noise.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Sampling for evaluation and the ADM-definition evaluator (protocols.md sections 4 and 5).
+"""Sampling for evaluation and the ADM-definition evaluator (docs/protocols.md,
+*Sample sets* and *Metrics*).
 
 - ``inception``: the TF-FID Inception-v3 (pt_inception-2015-12-05 layout);
 - ``features``: the pluggable feature-extractor interface (Inception by default);

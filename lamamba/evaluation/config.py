@@ -95,7 +95,7 @@ class BuildReferenceConfig:
 
 @dataclass
 class EvalConfig:
-    """What to evaluate against what; every metric follows ADM's evaluator (protocols.md §5)."""
+    """What to evaluate against what; every metric follows ADM's evaluator (docs/protocols.md, *Metrics*)."""
 
     run_dir: str = "runs/evaluate"
     samples: str = ""  # a sample-set directory/URL written by `lamamba sample`, or one .npz with arr_0

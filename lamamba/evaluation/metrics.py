@@ -1,4 +1,5 @@
-"""FID, sFID, IS, precision and recall with the definitions of ADM's evaluator (protocols.md §5).
+"""FID, sFID, IS, precision and recall with the definitions of ADM's evaluator
+(docs/protocols.md, *Metrics*).
 
 - Frechet distance: ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr(sqrtm(S1 S2)); if the square root of
   the product is not finite, 1e-6 is added to both diagonals; an imaginary part is dropped when the

@@ -1,4 +1,5 @@
-"""The sample job: N class-balanced images from a checkpoint's EMA weights (protocols.md §4).
+"""The sample job: N class-balanced images from a checkpoint's EMA weights
+(docs/protocols.md, *Sample sets*).
 
 Sample i has label ``i mod num_classes`` and draws its initial noise and every step's noise from
 its own generator keyed by (seed, "sample", i), so the image set does not depend on how many

@@ -5,8 +5,9 @@
 
 CKPT is a training checkpoint directory (its ema.safetensors is used) or an exported .safetensors.
 Sample i has class i mod num_classes and its own noise generator keyed by (seed, i), so the set
-does not depend on the number of workers or the batch size (protocols.md section 4). The indices
-are cut into fixed shards of `shard_size`; each is written to OUT (local or s3://) as
+does not depend on the number of workers (docs/protocols.md, *Sample sets*; the batch size changes
+only the float rounding). The indices are cut into fixed shards of `shard_size`; each is written to
+OUT (local or s3://) as
 shard_XXXXX.npz (arr_0: NHWC uint8, ADM's format; plus labels and indices) and/or
 shard_XXXXX.features.npz (outputs=features|both), then a shard_XXXXX.done marker. Rerunning the
 same command computes only the shards without a marker; OUT/metadata.json records the protocol
