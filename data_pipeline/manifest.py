@@ -56,7 +56,7 @@ def read_marker(output: str, shard: PlannedShard, storage_options: dict | None,
         return None
     if size != record.get("size"):
         return None
-    if verify_checksum and hashlib.sha256(storage.read_bytes(tar, storage_options)).hexdigest() != record.get("sha256"):
+    if verify_checksum and storage.sha256(tar, storage_options) != record.get("sha256"):
         return None
     return record
 
