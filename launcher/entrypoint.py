@@ -31,21 +31,9 @@ import time
 from lamamba import storage
 from launcher import runs
 from launcher.jobs import JOBS, job_command
+from launcher.ray_torchrun import ray_torchrun_command
 from launcher.slurm_env import SlurmEnvError, rendezvous_from_env
-
-
-def torchrun_prefix(python: str, nnodes: int, nproc_per_node: int, node_rank: int = 0,
-                    master_addr: str = "", master_port: int = 0, log_dir: str = "") -> list[str]:
-    """``python -m torch.distributed.run ...`` for one node; a single node uses a standalone store."""
-    cmd = [python, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}"]
-    if nnodes == 1 and not master_addr:
-        cmd += ["--standalone", "--nnodes=1"]
-    else:
-        cmd += [f"--nnodes={nnodes}", f"--node-rank={node_rank}",
-                f"--master-addr={master_addr}", f"--master-port={master_port}"]
-    if log_dir:  # per-rank stdout/stderr files, also teed to this process's output
-        cmd += [f"--log-dir={log_dir}", "--tee=3"]
-    return cmd
+from launcher.torchrun import torchrun_prefix
 
 
 def rank_log_dir(run_dir: str, node_rank: int) -> str:
@@ -132,8 +120,6 @@ def job_process_command(args: argparse.Namespace, config: str) -> tuple[list[str
         prefix = torchrun_prefix(args.python, rdzv.nnodes, args.nproc_per_node, rdzv.node_rank, rdzv.master_addr,
                                  rdzv.master_port, rank_log_dir(args.run_dir, rdzv.node_rank))
         return prefix + module_args, rdzv.node_rank
-    from launcher.ray_torchrun import ray_torchrun_command
-
     return ray_torchrun_command(args.python, args.nnodes, args.nproc_per_node, module_args), 0
 
 

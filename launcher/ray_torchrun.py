@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launcher.torchrun import torchrun_prefix
+
 
 def ray_torchrun_command(python: str, nnodes: int, nproc_per_node: int, module_args: list[str]) -> list[str]:
     """The driver command that places ``nnodes`` torchruns running ``python <module_args>``."""
@@ -47,8 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    from launcher.entrypoint import torchrun_prefix
 
     ray.init(address="auto")
     gpus = args.nproc_per_node if ray.cluster_resources().get("GPU", 0) else 0

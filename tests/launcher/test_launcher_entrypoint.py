@@ -10,7 +10,8 @@ import time
 import pytest
 
 from launcher import runs
-from launcher.entrypoint import Supervisor, torchrun_prefix
+from launcher.entrypoint import Supervisor
+from launcher.torchrun import torchrun_prefix
 
 # Fails until it has run `n` times (counted in a file): a job that crashes, then resumes fine.
 FLAKY = "import sys, pathlib; p = pathlib.Path(sys.argv[1]); n = int(p.read_text() or 0) + 1; " \
