@@ -15,18 +15,20 @@ class DiffusionConfig:
     """steps: T training steps; noise_schedule: "linear" | "cosine"; learn_sigma: the model
     outputs v (2 C channels) for a learned-range variance, else the variance is fixed
     (beta_t, or beta~_t with sigma_small); timestep_respacing: ADM syntax ("", "250", "ddim50",
-    "10,10,10"), "" for training."""
+    "10,10,10"), "" for training; decoder_cdf: the normal CDF in the t = 0 decoder NLL of the vb
+    term, "adm_tanh" (ADM's tanh approximation, as ADM / DiT / LaMamba-Diff train) or "exact"."""
 
     steps: int = 1000
     noise_schedule: Literal["linear", "cosine"] = "linear"
     learn_sigma: bool = True
     sigma_small: bool = False
     timestep_respacing: str = ""
+    decoder_cdf: Literal["adm_tanh", "exact"] = "adm_tanh"
 
 
 def create_diffusion(timestep_respacing: str = "", noise_schedule: str = "linear", learn_sigma: bool = True,
                      diffusion_steps: int | None = None, sigma_small: bool = False, *,
-                     steps: int | None = None) -> GaussianDiffusion:
+                     steps: int | None = None, decoder_cdf: str = "adm_tanh") -> GaussianDiffusion:
     """Build the diffusion: a T-step schedule (T = 1000 by default), respaced when
     ``timestep_respacing`` is set.
 
@@ -40,5 +42,5 @@ def create_diffusion(timestep_respacing: str = "", noise_schedule: str = "linear
         variance_type = "learned_range"
     else:
         variance_type = "fixed_small" if sigma_small else "fixed_large"
-    base = GaussianDiffusion(beta_schedule(noise_schedule, num_steps), variance_type)
+    base = GaussianDiffusion(beta_schedule(noise_schedule, num_steps), variance_type, decoder_cdf=decoder_cdf)
     return respace(base, timestep_respacing) if timestep_respacing else base

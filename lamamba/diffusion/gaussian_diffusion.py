@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lamamba.diffusion.likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from lamamba.diffusion.likelihood import DECODER_CDFS, discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from lamamba.rng import PerSampleGenerators
 
 VarianceType = Literal["learned_range", "fixed_large", "fixed_small"]
@@ -55,11 +55,12 @@ class GaussianDiffusion:
     betas: (T,) noise schedule. variance_type: "learned_range" (the model outputs v, 2 C
     channels), "fixed_large" (Sigma_t = beta_t, with beta~_1 at t = 0) or "fixed_small"
     (Sigma_t = beta~_t). timestep_map: (T,) the original timestep the model sees at each index
-    (identity when None).
+    (identity when None). decoder_cdf: the normal CDF of the t = 0 decoder NLL, "adm_tanh"
+    (ADM's approximation, the default) or "exact".
     """
 
     def __init__(self, betas: Sequence[float] | np.ndarray, variance_type: VarianceType = "learned_range",
-                 timestep_map: Sequence[int] | np.ndarray | None = None):
+                 timestep_map: Sequence[int] | np.ndarray | None = None, decoder_cdf: str = "adm_tanh"):
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or len(betas) < 2:
             raise ValueError(f"betas must be a 1-D array of at least 2 steps, got shape {betas.shape}")
@@ -67,7 +68,10 @@ class GaussianDiffusion:
             raise ValueError(f"betas must lie in (0, 1), got min {betas.min()}, max {betas.max()}")
         if variance_type not in VARIANCE_TYPES:
             raise ValueError(f"unknown variance_type {variance_type!r}; known: {list(VARIANCE_TYPES)}")
+        if decoder_cdf not in DECODER_CDFS:
+            raise ValueError(f"unknown decoder_cdf {decoder_cdf!r}; known: {list(DECODER_CDFS)}")
         self.variance_type = variance_type
+        self.decoder_cdf = decoder_cdf
         self.num_timesteps = len(betas)
         self.timestep_map = (np.arange(self.num_timesteps) if timestep_map is None
                              else np.asarray(timestep_map, dtype=np.int64))
@@ -211,13 +215,13 @@ class GaussianDiffusion:
         """One term of the variational bound in bits per dimension, (B,).
 
         KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) for t > 0; at t = 0 the discretised Gaussian
-        decoder NLL -log p(x_0 | x_1).
+        decoder NLL -log p(x_0 | x_1) (with ``decoder_cdf``).
         """
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x_start, x_t, t)
         pred = self.prediction_from_output(model_output, x_t, t, clip_denoised)
         kl = mean_flat(normal_kl(true_mean, true_log_variance, pred.mean, pred.log_variance)) / math.log(2.0)
         decoder_nll = -mean_flat(discretized_gaussian_log_likelihood(
-            x_start, means=pred.mean, log_scales=0.5 * pred.log_variance)) / math.log(2.0)
+            x_start, means=pred.mean, log_scales=0.5 * pred.log_variance, cdf=self.decoder_cdf)) / math.log(2.0)
         return torch.where(t == 0, decoder_nll, kl)
 
     def training_losses(self, model: ModelFn, x_start: torch.Tensor, t: torch.Tensor,

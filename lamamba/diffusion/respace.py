@@ -82,4 +82,4 @@ def respace(diffusion: GaussianDiffusion, section_counts: str | Sequence[int]) -
     kept = space_timesteps(diffusion.num_timesteps, section_counts)
     alpha_bar = diffusion.alphas_cumprod[kept]
     betas = 1.0 - alpha_bar / np.append(1.0, alpha_bar[:-1])
-    return GaussianDiffusion(betas, diffusion.variance_type, diffusion.timestep_map[kept])
+    return GaussianDiffusion(betas, diffusion.variance_type, diffusion.timestep_map[kept], diffusion.decoder_cdf)

@@ -125,21 +125,85 @@ def test_normal_kl():
     assert normal_kl(torch.tensor(0.0), 0.0, 1.0, 0.0).item() == pytest.approx(0.5)
 
 
+def adm_cdf(z):
+    """ADM's tanh approximation of the standard normal CDF, written out in float64 numpy."""
+    z = np.asarray(z, dtype=np.float64)
+    return 0.5 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (z + 0.044715 * z ** 3)))
+
+
+def exact_cdf(z):
+    return np.array([0.5 * math.erfc(-v / math.sqrt(2.0)) for v in np.ravel(z)]).reshape(np.shape(z))
+
+
+CLOSED_FORM_CDFS = {"adm_tanh": adm_cdf, "exact": exact_cdf}
+
+
+def closed_form_log_likelihood(x, mean, scale, cdf):
+    """log P(bin of x) for N(mean, scale^2) on the 256-level grid of [-1, 1], outer bins open-ended."""
+    plus, minus = cdf((x - mean + 1 / 255) / scale), cdf((x - mean - 1 / 255) / scale)
+    mass = np.where(x < -0.999, plus, np.where(x > 0.999, 1.0 - minus, plus - minus))
+    return np.log(np.maximum(mass, 1e-12))
+
+
+def test_adm_cdf_is_its_tanh_formula_and_close_to_the_normal_cdf():
+    from lamamba.diffusion.likelihood import approx_standard_normal_cdf
+
+    z = np.linspace(-6, 6, 1201)
+    got = approx_standard_normal_cdf(torch.tensor(z)).numpy()
+    np.testing.assert_allclose(got, adm_cdf(z), rtol=0, atol=1e-15)
+    error = np.abs(got - exact_cdf(z))
+    assert 1e-5 < error.max() < 1e-3  # an approximation, not the CDF itself
+
+
+@pytest.mark.parametrize("cdf", ["adm_tanh", "exact"])
 @pytest.mark.parametrize("mean,log_scale", [(0.0, math.log(0.1)), (0.95, math.log(0.3)),
                                             (-1.0, math.log(0.002)), (0.2, math.log(3.0))])
-def test_discretized_log_likelihood_sums_to_one(mean, log_scale):
+def test_discretized_log_likelihood_against_its_closed_form(cdf, mean, log_scale):
     x = torch.linspace(-1, 1, 256, dtype=torch.float64)
-    logp = discretized_gaussian_log_likelihood(x, torch.full_like(x, mean), torch.full_like(x, log_scale))
+    logp = discretized_gaussian_log_likelihood(x, torch.full_like(x, mean), torch.full_like(x, log_scale), cdf=cdf)
     assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
-    # A middle bin is the normal mass over [x - 1/255, x + 1/255].
-    normal = torch.distributions.Normal(mean, math.exp(log_scale))
-    k = 128
-    mass = (normal.cdf(x[k] + 1 / 255) - normal.cdf(x[k] - 1 / 255)).item()
-    if mass > 1e-10:
-        assert logp[k].exp().item() == pytest.approx(mass, rel=1e-6)
+    expected = closed_form_log_likelihood(x.numpy(), mean, math.exp(log_scale), CLOSED_FORM_CDFS[cdf])
+    likely = expected > math.log(1e-10)  # where the mass is above the clamping
+    np.testing.assert_allclose(logp.numpy()[likely], expected[likely], rtol=1e-6, atol=1e-9)
+
+
+def test_discretized_log_likelihood_default_is_adm_and_rejects_unknown_cdfs():
+    x = torch.linspace(-1, 1, 256, dtype=torch.float64)
+    mean, log_scale = torch.full_like(x, 0.1), torch.full_like(x, math.log(0.05))
+    default = discretized_gaussian_log_likelihood(x, mean, log_scale)
+    torch.testing.assert_close(default, discretized_gaussian_log_likelihood(x, mean, log_scale, cdf="adm_tanh"))
+    assert not torch.allclose(default, discretized_gaussian_log_likelihood(x, mean, log_scale, cdf="exact"))
+    with pytest.raises(ValueError, match="decoder cdf 'erf'"):
+        discretized_gaussian_log_likelihood(x, mean, log_scale, cdf="erf")
 
 
 # -- reverse process and losses ------------------------------------------------------------------
+
+@pytest.mark.parametrize("decoder_cdf", [None, "adm_tanh", "exact"])
+def test_vb_at_t0_is_the_decoder_nll_with_the_configured_cdf(decoder_cdf):
+    kwargs = {} if decoder_cdf is None else {"decoder_cdf": decoder_cdf}
+    d = create_diffusion(**kwargs)
+    cdf = decoder_cdf or "adm_tanh"  # ADM's approximation by default
+    assert d.decoder_cdf == cdf and respace(d, "10").decoder_cdf == cdf
+    gen = torch.Generator().manual_seed(5)
+    x0 = (torch.randint(0, 256, (3, 2, 4, 4), generator=gen).double() / 127.5 - 1.0)
+    noise = torch.randn(3, 2, 4, 4, generator=gen, dtype=torch.float64)
+    out = 0.1 * torch.randn(3, 4, 4, 4, generator=gen, dtype=torch.float64)
+    t = torch.zeros(3, dtype=torch.long)
+    vb = d.training_losses(_constant_model(out), x0, t, noise=noise)["vb"]
+    pred = d.prediction_from_output(out, d.q_sample(x0, t, noise), t)
+    expected = -closed_form_log_likelihood(x0.numpy(), pred.mean.numpy(), np.exp(0.5 * pred.log_variance.numpy()),
+                                           CLOSED_FORM_CDFS[cdf]).mean(axis=(1, 2, 3)) / math.log(2)
+    np.testing.assert_allclose(vb.numpy(), expected, rtol=1e-6)
+
+
+def test_decoder_cdf_is_a_config_key_and_unknown_values_are_refused():
+    cfg = load_config(DiffusionConfig, None, ["decoder_cdf=exact"])
+    assert create_diffusion(**dataclasses.asdict(cfg)).decoder_cdf == "exact"
+    assert DiffusionConfig().decoder_cdf == "adm_tanh"
+    with pytest.raises(ValueError, match="decoder_cdf"):
+        create_diffusion(decoder_cdf="erf")
+
 
 def test_learned_range_interpolates_between_the_bounds():
     d = create_diffusion()
