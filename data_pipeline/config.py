@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lamamba.autoencoders import AutoencoderConfig
+from lamamba.config import check_at_least
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -50,10 +51,8 @@ class RayConfig:
     max_retries: int = 2
 
     def __post_init__(self) -> None:
-        if self.num_workers < 0:
-            raise ValueError(f"ray.num_workers: must be >= 0, got {self.num_workers}")
-        if self.max_retries < 0:
-            raise ValueError(f"ray.max_retries: must be >= 0, got {self.max_retries}")
+        check_at_least(self, dict.fromkeys(("num_cpus", "num_workers", "max_retries", "cpus_per_worker",
+                                            "gpus_per_worker"), 0))
 
 
 @dataclass

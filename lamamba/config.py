@@ -38,6 +38,13 @@ def redacted(data: Any) -> Any:
             else redacted(v) for k, v in data.items()}
 
 
+def check_at_least(cfg: Any, minimums: dict[str, float]) -> None:
+    """For a config's ``__post_init__``: raise ValueError naming the first field of ``cfg`` below
+    its minimum (``from_dict`` adds the dotted prefix)."""
+    for name, low in minimums.items():
+        if getattr(cfg, name) < low:
+            raise ValueError(f"{name}: must be >= {low:g}, got {getattr(cfg, name)}")
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lamamba.diffusion.gaussian_diffusion import GaussianDiffusion
-from lamamba.diffusion.respace import respace
+from lamamba.diffusion.respace import respace, space_timesteps
 from lamamba.diffusion.schedules import beta_schedule
 
 
@@ -24,6 +24,23 @@ class DiffusionConfig:
     sigma_small: bool = False
     timestep_respacing: str = ""
     decoder_cdf: Literal["adm_tanh", "exact"] = "adm_tanh"
+
+    def __post_init__(self) -> None:
+        check_schedule(self.noise_schedule, self.steps, self.timestep_respacing)
+
+
+def check_schedule(noise_schedule: str, steps: int, respacing: str, steps_key: str = "steps",
+                   respacing_key: str = "timestep_respacing") -> None:
+    """Raise ValueError naming the key if ``steps`` cannot carry ``noise_schedule`` or ``respacing``
+    does not parse against it (what ``create_diffusion`` would fail on later)."""
+    try:
+        beta_schedule(noise_schedule, steps)
+    except ValueError as err:
+        raise ValueError(f"{steps_key}: {err}") from None
+    try:
+        space_timesteps(steps, respacing)
+    except ValueError as err:
+        raise ValueError(f"{respacing_key}: {err}") from None
 
 
 def create_diffusion(timestep_respacing: str = "", noise_schedule: str = "linear", learn_sigma: bool = True,

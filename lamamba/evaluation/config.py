@@ -13,7 +13,8 @@ import yaml
 
 from lamamba import storage
 from lamamba.autoencoders import AutoencoderConfig
-from lamamba.config import config_hash, to_dict
+from lamamba.config import check_at_least, config_hash, to_dict
+from lamamba.diffusion.config import check_schedule
 
 
 @dataclass
@@ -25,6 +26,9 @@ class ExtractorConfig:
     device: str = "auto"  # "auto" = cuda if available else cpu
     batch_size: int = 64
 
+    def __post_init__(self):
+        check_at_least(self, {"batch_size": 1})
+
 
 @dataclass
 class RayConfig:
@@ -34,6 +38,9 @@ class RayConfig:
     num_workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
+
+    def __post_init__(self):
+        check_at_least(self, {"num_workers": 1, "gpus_per_worker": 0, "cpus_per_worker": 0})
 
 
 @dataclass
@@ -74,6 +81,14 @@ class SampleConfig:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
         if self.cfg_scale < 1.0:
             raise ValueError(f"cfg_scale: must be >= 1 (1 = unguided), got {self.cfg_scale}")
+        for name in ("num_classes", "guided_channels"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1 (or null), got {getattr(self, name)}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta: must be in [0, 1] (0 = deterministic DDIM), got {self.eta}")
+        check_schedule(self.noise_schedule, self.diffusion_steps,
+                       f"ddim{self.steps}" if self.sampler == "ddim" else str(self.steps),
+                       steps_key="diffusion_steps", respacing_key="steps")
 
     @property
     def out_url(self) -> str:
@@ -92,6 +107,9 @@ class BuildReferenceConfig:
     # ADM's reference batches hold 10,000 images)
     include_images: bool = False  # also store arr_0 of that subset (10K x 1024^2 x 3 is 31 GB)
 
+    def __post_init__(self):
+        check_at_least(self, {"resolution": 1, "max_images": 0, "pr_images": 1})
+
 
 @dataclass
 class EvalConfig:
@@ -108,6 +126,9 @@ class EvalConfig:
     pr_device: str = "auto"  # where the distances are computed ("auto" = cuda if available)
     batch_size: int = 500  # images read per extractor call
     build_reference: BuildReferenceConfig = field(default_factory=BuildReferenceConfig)
+
+    def __post_init__(self):
+        check_at_least(self, {"is_split_size": 1, "pr_k": 1, "pr_batch_size": 1, "batch_size": 1})
 
 
 def write_run_files(cfg) -> None:

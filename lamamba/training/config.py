@@ -8,10 +8,12 @@ the configs of those components, nested as they are.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lamamba.autoencoders import AutoencoderConfig
+from lamamba.config import check_at_least
 from lamamba.diffusion import DiffusionConfig
 from lamamba.models import ModelConfig
 
@@ -23,6 +25,9 @@ class DataConfig:
     manifest: str = ""
     num_workers: int = 0
     storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_at_least(self, {"num_workers": 0})
 
 
 @dataclass
@@ -37,8 +42,12 @@ class OptimConfig:
     grad_clip: float = 0.0  # clip the global grad norm to this; 0 = off, as in the paper (DiT)
 
     def __post_init__(self):
-        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
-            raise ValueError(f"optim: lr must be > 0 and weight_decay, warmup_steps, grad_clip >= 0, got {self}")
+        for name in ("lr", "eps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+        check_at_least(self, {"weight_decay": 0, "warmup_steps": 0, "grad_clip": 0})
+        if any(not 0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas: both must be in [0, 1), got {list(self.betas)}")
 
 
 @dataclass
@@ -58,6 +67,9 @@ class EngineConfig:
     # torch.distributed backend; "" picks nccl on GPU, gloo on CPU.
     backend: Literal["", "nccl", "gloo"] = ""
 
+    def __post_init__(self):
+        check_at_least(self, {"micro_batch": 0})
+
 
 @dataclass
 class EMAConfig:
@@ -67,7 +79,7 @@ class EMAConfig:
 
     def __post_init__(self):
         if not self.decays or any(not 0.0 <= d < 1.0 for d in self.decays):
-            raise ValueError(f"ema.decays: need at least one decay in [0, 1), got {list(self.decays)}")
+            raise ValueError(f"decays: need at least one decay in [0, 1), got {list(self.decays)}")
 
 
 @dataclass
@@ -85,8 +97,7 @@ class CheckpointConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.every_steps < 1 or self.keep_last < 1:
-            raise ValueError(f"checkpoint: every_steps and keep_last must be >= 1, got {self}")
+        check_at_least(self, {"every_steps": 1, "keep_last": 1})
 
 
 @dataclass
@@ -96,12 +107,23 @@ class PreemptionConfig:
     signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
     time_budget_s: float = 0.0  # 0 = no budget; leave room for one checkpoint save
 
+    def __post_init__(self):
+        catchable = sorted(set(signal.Signals.__members__) - {"SIGKILL", "SIGSTOP"})
+        for name in self.signals:
+            if name not in catchable:
+                raise ValueError(f"signals: {name!r} is not a signal that can be caught here "
+                                 f"(e.g. SIGTERM, SIGUSR1, SIGUSR2, SIGINT)")
+        check_at_least(self, {"time_budget_s": 0})
+
 
 @dataclass
 class NumericsConfig:
     """Non-finite steps are skipped; this many in a row stop the run."""
 
     max_consecutive_skips: int = 10
+
+    def __post_init__(self):
+        check_at_least(self, {"max_consecutive_skips": 1})
 
 
 @dataclass
@@ -116,6 +138,10 @@ class MonitorConfig:
     sample_cfg_scale: float = 4.0
     # Peak dense throughput of one device in TFLOP/s for MFU (989 = H100 SXM bf16); 0 = no MFU.
     peak_tflops: float = 989.0
+
+    def __post_init__(self):
+        check_at_least(self, {"log_every": 1, "sample_every": 0, "sample_count": 1, "sample_steps": 1,
+                              "sample_cfg_scale": 1, "peak_tflops": 0})
 
 
 @dataclass
@@ -140,8 +166,7 @@ class TrainConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def __post_init__(self):
-        if self.global_batch < 1 or self.max_steps < 0:
-            raise ValueError(f"global_batch must be >= 1 and max_steps >= 0, got {self.global_batch}, {self.max_steps}")
+        check_at_least(self, {"global_batch": 1, "max_steps": 0})
 
     @property
     def checkpoint_dir(self) -> str:

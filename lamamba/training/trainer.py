@@ -68,6 +68,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, world: World, watcher: PreemptionWatcher):
         from lamamba.data import LatentLoader
+        from lamamba.data.shard_format import ShardError
         from lamamba.diffusion import create_diffusion
         from lamamba.models import build_model
         from lamamba.models.flops import count_flops
@@ -95,9 +96,12 @@ class Trainer:
 
         if not cfg.data.manifest:
             raise ConfigError("data.manifest: no latent manifest given (the output of `lamamba encode`)")
-        self.loader = LatentLoader(cfg.data.manifest, cfg.global_batch, world.rank, world.world_size, cfg.seed,
-                                   start_sample=resume_state.get("samples_consumed", 0),
-                                   num_workers=cfg.data.num_workers, storage_options=cfg.data.storage_options)
+        try:
+            self.loader = LatentLoader(cfg.data.manifest, cfg.global_batch, world.rank, world.world_size, cfg.seed,
+                                       start_sample=resume_state.get("samples_consumed", 0),
+                                       num_workers=cfg.data.num_workers, storage_options=cfg.data.storage_options)
+        except (FileNotFoundError, ValueError, ShardError) as err:  # a missing, invalid or damaged data set
+            raise ConfigError(f"data.manifest: {err}") from None
         self.manifest = self.loader.manifest
         self._check_compatible(resume_state)
 

@@ -75,3 +75,39 @@ def test_config_error_from_the_console_has_no_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "optim.lr" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# (command, override, the dotted key the one line must name): values that used to be accepted and
+# failed later (a division by zero after the first step, a traceback from DeepSpeed or a worker).
+INVALID_VALUES = [
+    ("train", "engine.micro_batch=-1", "engine.micro_batch"),
+    ("train", "diffusion.steps=0", "diffusion.steps"),
+    ("train", "diffusion.timestep_respacing=fast", "diffusion.timestep_respacing"),
+    ("train", "optim.betas=[0.9,1.0]", "optim.betas"),
+    ("train", "optim.betas=[-0.1,0.999]", "optim.betas"),
+    ("train", "optim.eps=0", "optim.eps"),
+    ("train", "data.num_workers=-1", "data.num_workers"),
+    ("train", "preemption.signals=[SIGTERM,SIGNOPE]", "preemption.signals"),
+    ("train", "preemption.signals=[SIGKILL]", "preemption.signals"),
+    ("train", "monitor.log_every=0", "monitor.log_every"),
+    ("train", "monitor.sample_count=0", "monitor.sample_count"),
+    ("train", "numerics.max_consecutive_skips=0", "numerics.max_consecutive_skips"),
+    ("submit-train", "monitor.log_every=0", "monitor.log_every"),
+    ("encode", "ray.num_workers=-1", "ray.num_workers"),
+    ("encode", "ray.cpus_per_worker=-1", "ray.cpus_per_worker"),
+    ("sample", "steps=2000", "steps"),
+    ("sample", "diffusion_steps=1", "diffusion_steps"),
+    ("sample", "ray.num_workers=0", "ray.num_workers"),
+    ("sample", "extractor.batch_size=0", "extractor.batch_size"),
+    ("sample", "eta=-1", "eta"),
+    ("evaluate", "pr_k=0", "pr_k"),
+    ("evaluate", "is_split_size=0", "is_split_size"),
+    ("quickstart", "train.monitor.log_every=0", "train.monitor.log_every"),
+]
+
+
+@pytest.mark.parametrize(("name", "override", "key"), INVALID_VALUES, ids=[f"{n}:{o}" for n, o, _ in INVALID_VALUES])
+def test_invalid_value_is_refused_at_load_time(name, override, key, config_file, capsys, tmp_path):
+    """Refused before any work (no run dir made) with one line naming the dotted key."""
+    _one_config_error(capsys, _argv(name, config_file, [override], tmp_path), f"{key}:")
+    assert not (tmp_path / "runs").exists()
