@@ -72,9 +72,11 @@ def _attach_log_file(cfg: EncodeConfig) -> logging.Handler | None:
 
 def _encode_task(shard: PlannedShard, cfg: EncodeConfig) -> dict[str, Any]:
     """Encode one shard in this process (a Ray worker or the driver)."""
-    import torch
+    from lamamba.devices import bind_device, select_device
 
-    device = "cuda" if cfg.ray.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
+    # A worker given a GPU that finds CUDA unusable stops with the reason instead of encoding on CPU.
+    device = select_device("cuda" if cfg.ray.gpus_per_worker > 0 else "cpu").device
+    bind_device(device)
     encoder = cached_autoencoder(cfg.autoencoder, device)
     return encode_shard(shard, encoder, output=cfg.output_url, resolution=cfg.resolution,
                         batch_size=cfg.batch_size, source_options=cfg.source.storage_options,

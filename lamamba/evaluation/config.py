@@ -23,7 +23,7 @@ class ExtractorConfig:
 
     kind: str = "inception"  # "inception" or "package.module:factory"
     weights: str = ""  # local path of pt_inception-2015-12-05-6726825d.pth (or the plug-in's weights)
-    device: str = "auto"  # "auto" = cuda if available else cpu
+    device: str = "auto"  # as SampleConfig.device
     batch_size: int = 64
 
     def __post_init__(self):
@@ -62,6 +62,10 @@ class SampleConfig:
     diffusion_steps: int = 1000
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype of the model on GPU
+    # TF32 for fp32 matmuls/convolutions on GPU; off by default so "fp32" means IEEE fp32.
+    tf32: bool = False
+    # "auto": GPU LOCAL_RANK under torchrun (a Ray worker's own GPU), else the CPU, said loudly;
+    # "cuda": stop if CUDA is unavailable; "cpu" on purpose (lamamba.devices).
     device: str = "auto"
     # CPU float results depend on the intra-op thread count, so every worker uses this many.
     cpu_threads: int = 1

@@ -9,8 +9,9 @@ The default is the TF-FID Inception-v3; the quickstart plugs a small digit class
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import importlib
+import logging
 import os
 from typing import Protocol
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from lamamba import storage
+from lamamba.devices import bind_device, select_device, tf32_mode
 from lamamba.evaluation.config import ExtractorConfig
 
 FEATURE_KEYS = ("pool", "spatial", "logits")
@@ -29,10 +31,21 @@ class FeatureExtractor(Protocol):
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
 
 
+log = logging.getLogger("lamamba.evaluation")
+
+
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """This process's device for ``device`` (auto, cuda, cuda:N, cpu), made current: under
+    torchrun GPU LOCAL_RANK (a Ray worker sees only its own GPUs); see :mod:`lamamba.devices`."""
+    choice = select_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    bind_device(choice.device)
+    _say_once(choice.fallback, f"computing on {choice.device}: {choice.reason}")
+    return choice.device
+
+
+@functools.lru_cache(maxsize=8)
+def _say_once(warn: bool, line: str) -> None:
+    (log.warning if warn else log.info)(line)
 
 
 class InceptionExtractor:
@@ -52,24 +65,14 @@ class InceptionExtractor:
         if images.shape[-1] == 1:  # grayscale: the network expects RGB
             images = np.repeat(images, 3, axis=-1)
         out = {key: [] for key in FEATURE_KEYS}
-        with _full_fp32():
+        # TF32 off: the reference statistics were computed in full fp32.
+        with tf32_mode(False):
             for start in range(0, len(images), self.batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(images[start:start + self.batch_size]))
                 feats = self.model(batch.to(self.device).permute(0, 3, 1, 2))
                 for key in FEATURE_KEYS:
                     out[key].append(feats[key].float().cpu().numpy())
         return {key: np.concatenate(v) for key, v in out.items()}
-
-
-@contextlib.contextmanager
-def _full_fp32():
-    """Disable TF32 on GPUs while extracting: the reference statistics were computed in full fp32."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from lamamba import storage
 from lamamba.autoencoders import build_autoencoder
 from lamamba.config import ConfigError, config_hash, to_dict
+from lamamba.devices import set_tf32
 from lamamba.diffusion import create_diffusion, guided_forward
 from lamamba.evaluation.config import SampleConfig
 from lamamba.evaluation.features import build_extractor, resolve_device
@@ -72,6 +73,7 @@ class ShardSampler:
     def __init__(self, cfg: SampleConfig):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        set_tf32(cfg.tf32)
         if self.device.type == "cuda":  # same kernels for the same batch on every worker
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
@@ -169,6 +171,7 @@ def protocol(cfg: SampleConfig) -> dict:
         "autoencoder": to_dict(cfg.autoencoder),
         "uint8": "clamp(127.5 * x + 128, 0, 255) truncated (DiT)",
         "precision": cfg.precision,
+        "tf32": cfg.tf32,
         "cpu_threads": cfg.cpu_threads,
         "outputs": cfg.outputs,
         "extractor": ({"kind": cfg.extractor.kind, "weights": cfg.extractor.weights}

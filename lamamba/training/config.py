@@ -66,6 +66,21 @@ class EngineConfig:
     ds_config: str = ""
     # torch.distributed backend; "" picks nccl on GPU, gloo on CPU.
     backend: Literal["", "nccl", "gloo"] = ""
+    # "auto": GPU LOCAL_RANK when CUDA works, the CPU (said loudly) when nothing asks for a GPU;
+    # "cuda": stop at once if CUDA is unavailable; "cpu": the CPU on purpose (lamamba.devices).
+    device: str = "auto"
+    # Seconds any rank waits in a collective before the job fails (NCCL's default is 600); long
+    # enough for a rank-0 checkpoint upload at XL while the others wait in the next collective.
+    collective_timeout_s: float = 1800.0
+    # TF32 for the fp32 matmuls and convolutions left under bf16 (DiT trains with it on).
+    tf32: bool = True
+
+    def __post_init__(self):
+        if self.device not in ("auto", "cuda", "cpu") and not (self.device.startswith("cuda:")
+                                                              and self.device[5:].isdigit()):
+            raise ValueError(f"engine.device: {self.device!r} is not one of auto, cuda, cuda:N, cpu")
+        if self.collective_timeout_s <= 0:
+            raise ValueError(f"engine.collective_timeout_s: must be > 0, got {self.collective_timeout_s}")
 
     def __post_init__(self):
         check_at_least(self, {"micro_batch": 0})

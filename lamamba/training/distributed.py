@@ -1,8 +1,12 @@
 """Process-group setup for any launcher: rank, world size and local rank come from the environment.
 
 ``torchrun`` and the ``deepspeed`` launcher both export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR
-and MASTER_PORT; a plain ``python`` run is a world of one. The backend is nccl on GPU and gloo on
-CPU unless the config names one.
+and MASTER_PORT; a plain ``python`` run is a world of one. Each rank computes on GPU LOCAL_RANK,
+chosen by :func:`lamamba.devices.select_device` (a job that expects GPUs and finds none stops with
+the reason). The backend is nccl on GPU and gloo on CPU unless the config names one.
+
+Collectives time out after ``timeout_s`` (default :data:`DEFAULT_TIMEOUT_S`, 30 minutes, where
+NCCL's own default is 10): a rank that waits longer for the others raises instead of hanging.
 """
 
 from __future__ import annotations
@@ -10,11 +14,15 @@ from __future__ import annotations
 import importlib
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from lamamba.devices import DeviceChoice, bind_device, select_device
+
+DEFAULT_TIMEOUT_S = 1800.0
 
 @dataclass(frozen=True)
 class World:
@@ -24,23 +32,22 @@ class World:
     world_size: int
     local_rank: int
     device: torch.device
+    choice: DeviceChoice | None = field(default=None, compare=False)  # why this device
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
-def world_from_env() -> World:
-    """Read RANK / WORLD_SIZE / LOCAL_RANK (defaults: a single process) and pick the device."""
+def world_from_env(device: str = "auto", backend: str = "") -> World:
+    """Read RANK / WORLD_SIZE / LOCAL_RANK (defaults: a single process), pick this rank's device
+    (``device``: auto, cuda, cpu) and make it the current one."""
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    return World(rank, world_size, local_rank, device)
+    choice = select_device(device, local_rank, backend=backend)
+    bind_device(choice.device)
+    return World(rank, world_size, local_rank, choice.device, choice)
 
 
 def _disable_deepspeed_shm_op() -> None:
@@ -56,8 +63,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(backend: str = "") -> World:
-    """Initialise torch.distributed through DeepSpeed (a no-op if already initialised)."""
+def init_distributed(backend: str = "", device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
+    """Initialise torch.distributed through DeepSpeed (a no-op if already initialised); every
+    collective of the default group times out after ``timeout_s`` seconds."""
     import deepspeed
 
     if "WORLD_SIZE" not in os.environ:  # a plain single process: a private rendezvous
@@ -66,11 +74,11 @@ def init_distributed(backend: str = "") -> World:
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", "0")
-    world = world_from_env()
+    world = world_from_env(device, backend)
     backend = backend or ("nccl" if world.device.type == "cuda" else "gloo")
     if world.device.type == "cpu":
         _disable_deepspeed_shm_op()
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=timedelta(seconds=timeout_s))
     return world
 
 

@@ -11,6 +11,7 @@ losses do not depend on the number of ranks and a resumed run repeats the straig
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -22,6 +23,7 @@ import yaml
 
 from lamamba import storage
 from lamamba.config import ConfigError, config_hash, redacted, to_dict
+from lamamba.devices import set_tf32, tf32_enabled
 from lamamba.training.checkpointer import Checkpointer, step_dir_name
 from lamamba.training.config import TrainConfig
 from lamamba.training.distributed import World, all_reduce_sum, init_distributed, shutdown
@@ -49,6 +51,19 @@ def setup_logging(run_dir: str, world: World) -> None:
         handler = logging.FileHandler(os.path.join(run_dir, "train.log"))
         handler.setFormatter(fmt)
         log.addHandler(handler)
+
+
+def record_device(run_dir: str, world: World) -> None:
+    """Say once which device the ranks compute on (a CPU fallback as a warning) and record it in
+    <run_dir>/device.json, so a run that fell back to the CPU shows it in its metadata."""
+    choice = world.choice
+    if choice is None or not world.is_main:
+        return
+    (log.warning if choice.fallback else log.info)("training on %s: %s", choice.device, choice.reason)
+    record = {**choice.as_dict(), "world_size": world.world_size, "torch": torch.__version__,
+              "torch_cuda": torch.version.cuda, "tf32": world.device.type == "cuda" and tf32_enabled()}
+    with open(os.path.join(run_dir, "device.json"), "w") as f:
+        json.dump(record, f, indent=2)
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -247,8 +262,10 @@ def train(cfg: TrainConfig) -> int:
     """Run ``cfg`` on this process's rank (launched by torchrun, deepspeed, or plain python)."""
     # Signals are caught from the start, so a preemption during start-up still ends in a checkpoint.
     watcher = PreemptionWatcher(cfg.preemption.signals, cfg.preemption.time_budget_s)
-    world = init_distributed(cfg.engine.backend)
+    world = init_distributed(cfg.engine.backend, cfg.engine.device, cfg.engine.collective_timeout_s)
+    set_tf32(cfg.engine.tf32)
     setup_logging(cfg.run_dir, world)
+    record_device(cfg.run_dir, world)
     try:
         return Trainer(cfg, world, watcher).run()
     finally:

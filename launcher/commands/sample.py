@@ -79,6 +79,7 @@ def run(args) -> int:
     import os
 
     from lamamba.config import ConfigError, load_config
+    from lamamba.devices import GPUUnavailableError
     from lamamba.evaluation.config import SampleConfig, write_run_files
     from lamamba.evaluation.sampler import run_sampling
 
@@ -89,7 +90,8 @@ def run(args) -> int:
         computed = run_sampling(cfg)
     except ConfigError:
         raise  # the CLI reports it (exit 2)
-    except (FileNotFoundError, ValueError) as err:  # e.g. an autoencoder or extractor that cannot load
+    # e.g. an autoencoder or extractor that cannot load, or a GPU worker without a working CUDA
+    except (FileNotFoundError, ValueError, GPUUnavailableError) as err:
         import sys
 
         print(f"lamamba sample: {err}", file=sys.stderr)

@@ -17,7 +17,8 @@ in <run_dir>/tb/ and checkpoints in <run_dir>/checkpoints/step_XXXXXXXX/ (or che
 may be s3://...). Relaunching the same command resumes from the newest committed checkpoint with
 the same data order; it may use a different number of ranks if the global batch is unchanged.
 SIGTERM or SIGUSR1 to any rank (or preemption.time_budget_s) checkpoints and exits 0.
-Exit codes: 0 done or preempted, 2 config error, 3 stopped by the numerics guard.
+Exit codes: 0 done or preempted, 1 a GPU was expected and CUDA is unusable (the line says why),
+2 config error, 3 stopped by the numerics guard.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import sys
+
     from lamamba.config import load_config
+    from lamamba.devices import GPUUnavailableError
     from lamamba.training.config import TrainConfig
     from lamamba.training.numerics import NonFiniteError
     from lamamba.training.trainer import train
@@ -39,8 +43,9 @@ def run(args) -> int:
     cfg = load_config(TrainConfig, args.config, args.overrides)
     try:
         return train(cfg)
+    except GPUUnavailableError as err:
+        print(f"lamamba train: {err}", flush=True, file=sys.stderr)
+        return 1
     except NonFiniteError as err:
-        import sys
-
         print(f"lamamba train: {err}", flush=True, file=sys.stderr)
         return 3
