@@ -128,6 +128,9 @@ class EvalConfig:
     pr_k: int = 3  # precision/recall: k-th nearest neighbour radius
     pr_batch_size: int = 10000  # rows per block of pairwise distances
     pr_device: str = "auto"  # where the distances are computed ("auto" = cuda if available)
+    # "adm_float16": ADM's evaluator (float16 blocks, float32 only for a block where float16 overflows),
+    # so published precision/recall are reproduced exactly; "float32": every block in float32
+    pr_distances: Literal["adm_float16", "float32"] = "adm_float16"
     batch_size: int = 500  # images read per extractor call
     build_reference: BuildReferenceConfig = field(default_factory=BuildReferenceConfig)
 

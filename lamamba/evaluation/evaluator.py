@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,8 @@ from lamamba.evaluation.reference import Reference, build_reference, load_refere
 from lamamba.evaluation.shards import (METADATA, done_shards, features_name, images_name, iter_npz_array,
                                        npz_array_length, npz_keys, read_json, read_npz)
 from lamamba.evaluation.statistics import FeatureStats, accumulate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,8 +93,10 @@ def _shard_features(samples: str, shard: int, extractor: FeatureExtractor, batch
 
 
 def compute_metrics(samples: SampleFeatures, reference: Reference, is_split_size: int = 5000, pr_k: int = 3,
-                    pr_batch_size: int = 10000, pr_device: str = "cpu") -> dict[str, float | None]:
-    """FID, sFID, IS, precision, recall; a metric whose features are unavailable is None."""
+                    pr_batch_size: int = 10000, pr_device: str = "cpu",
+                    pr_distances: metrics.PairwiseDistances | None = None) -> dict[str, float | None]:
+    """FID, sFID, IS, precision, recall; a metric whose features are unavailable is None.
+    ``pr_distances`` (default: ADM's float16 blocks) also counts its float32 fallbacks."""
     result: dict[str, float | None] = {
         "fid": metrics.frechet_distance(samples.pool.gaussian(), reference.pool),
         "sfid": None, "inception_score": None, "precision": None, "recall": None,
@@ -103,13 +108,21 @@ def compute_metrics(samples: SampleFeatures, reference: Reference, is_split_size
     if reference.pool_features is not None:
         result["precision"], result["recall"] = metrics.precision_recall(
             reference.pool_features, samples.pool_features, k=pr_k, batch_size=pr_batch_size,
-            device=resolve_device(pr_device))
+            device=resolve_device(pr_device), distances=pr_distances)
     return result
 
 
+_PR_DISTANCES = {
+    "adm_float16": "squared Euclidean distances in float16 blocks of pr_batch_size, a block recomputed in "
+                   "float32 only where float16 overflows (ADM)",
+    "float32": "squared Euclidean distances in float32 (ADM: float16)",
+}
+
+
 def protocol_card(cfg: EvalConfig, samples: SampleFeatures, reference: Reference,
-                  extractor: FeatureExtractor) -> dict:
-    """How the numbers were produced, stored beside them."""
+                  extractor: FeatureExtractor, pr_distances: metrics.PairwiseDistances | None = None) -> dict:
+    """How the numbers were produced, stored beside them (``pr_distances``: the distance blocks that
+    computed precision/recall, whose mode and float32 fallbacks are recorded)."""
     return {
         "samples": cfg.samples,
         "num_samples": samples.pool.n,
@@ -123,9 +136,10 @@ def protocol_card(cfg: EvalConfig, samples: SampleFeatures, reference: Reference
             "sfid": "first 7 channels of mixed_6/conv (Mixed_6d 1x1 branch), 17x17x7 NHWC, Frechet distance",
             "inception_score": f"softmax of the bias-free 1008-way logits, splits of {cfg.is_split_size} in order",
             "precision_recall": f"k={cfg.pr_k} nearest-neighbour manifolds on pool_3 (Kynkaanniemi et al. 2019), "
-                                "squared Euclidean distances in float32",
+                                + _PR_DISTANCES[cfg.pr_distances],
             "reference_statistics": "stored mu/sigma of the reference file when present (as ADM)",
         },
+        "precision_recall_distances": pr_distances.summary() if pr_distances is not None else None,
         "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -143,11 +157,16 @@ def evaluate(cfg: EvalConfig, extractor: FeatureExtractor | None = None) -> dict
         return {"reference": cfg.reference}
     sample_features = collect_sample_features(cfg.samples, extractor, cfg.batch_size)
     reference = load_reference(cfg.reference, extractor, cfg.batch_size)
+    distances = metrics.PairwiseDistances(cfg.pr_distances)
     result = {
         "metrics": compute_metrics(sample_features, reference, cfg.is_split_size, cfg.pr_k, cfg.pr_batch_size,
-                                   cfg.pr_device),
-        "protocol": protocol_card(cfg, sample_features, reference, extractor),
+                                   cfg.pr_device, distances),
+        "protocol": protocol_card(cfg, sample_features, reference, extractor, distances),
     }
+    if distances.float32_fallbacks:
+        log.warning("precision/recall: %d of %d distance blocks overflowed float16 and were computed in "
+                    "float32 (as ADM does; recorded in the protocol card)", distances.float32_fallbacks,
+                    distances.blocks)
     out = cfg.out or storage.join(cfg.run_dir, "metrics.json")
     storage.write_bytes(out, (json.dumps(result, indent=2) + "\n").encode())
     result["written_to"] = out

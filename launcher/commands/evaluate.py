@@ -18,7 +18,8 @@ reads an image folder, .npz shards (arr_0) or webdataset .tar shards of images, 
 them to the resolution and writes mu, sigma, mu_s, sigma_s and pool_features (arr_0 only with
 build_reference.include_images=true). It is built only if REF.npz does not exist yet.
 
-Other keys: is_split_size (5000), pr_k (3), pr_batch_size, batch_size, extractor.device,
+Other keys: is_split_size (5000), pr_k (3), pr_batch_size (10000), pr_distances (adm_float16 = ADM's
+float16 distance blocks, default; float32), batch_size, extractor.device,
 extractor.kind=package.module:factory for another feature network (the quickstart's digits).
 """
 

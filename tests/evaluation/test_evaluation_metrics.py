@@ -4,8 +4,10 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
-from lamamba.evaluation.metrics import frechet_distance, inception_score, manifold_radii, precision_recall
+from lamamba.evaluation.metrics import (PairwiseDistances, frechet_distance, inception_score, manifold_radii,
+                                        precision_recall)
 from lamamba.evaluation.statistics import FeatureStats, GaussianStats
 
 
@@ -95,3 +97,58 @@ def test_precision_recall_does_not_depend_on_the_block_size():
     rng = np.random.default_rng(5)
     ref, smp = rng.normal(size=(300, 6)), rng.normal(0.3, 1.1, size=(250, 6))
     assert precision_recall(ref, smp, batch_size=64) == precision_recall(ref, smp, batch_size=10000)
+
+
+def adm_float16_block(u, v):
+    """ADM's float16 distance block written out in numpy: float16 inputs and squares, float32 sums
+    and matmul rounded to float16, max(|u|^2 - 2 u.v + |v|^2, 0) evaluated in float16."""
+    u16, v16 = u.astype(np.float16), v.astype(np.float16)
+    norm_u = (u16 * u16).astype(np.float32).sum(1, keepdims=True).astype(np.float16)
+    norm_v = (v16 * v16).astype(np.float32).sum(1)[None].astype(np.float16)
+    dots = (u16.astype(np.float32) @ v16.astype(np.float32).T).astype(np.float16)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.maximum(norm_u - np.float16(2) * dots + norm_v, np.float16(0))
+
+
+def test_distance_blocks_float16_as_adm_and_float32():
+    rng = np.random.default_rng(6)
+    # pool_3-like, float32 as the extractor gives them
+    u, v = (rng.gamma(1.0, 0.3, size=(n, 64)).astype(np.float32) for n in (50, 40))
+    adm = PairwiseDistances("adm_float16")
+    got = adm(torch.from_numpy(u), torch.from_numpy(v))
+    assert got.dtype == torch.float32
+    want = adm_float16_block(u, v)
+    # equal up to the float32 summation order of the matmul (rarely, by one float16 step of 2 u.v)
+    off = got.numpy() != want.astype(np.float32)
+    assert off.mean() < 0.01
+    step = 2 * np.spacing(((u * u).sum(1)[:, None] + (v * v).sum(1)[None]).astype(np.float16)).astype(np.float32)
+    assert (np.abs(got.numpy() - want.astype(np.float32)) <= step).all()
+    exact = ((u[:, None].astype(np.float64) - v[None]) ** 2).sum(-1)
+    f32 = PairwiseDistances("float32")(torch.from_numpy(u), torch.from_numpy(v))
+    np.testing.assert_allclose(f32.numpy(), exact, rtol=1e-4, atol=1e-4)
+    assert (got.numpy() != f32.numpy()).mean() > 0.5  # float16 rounding shows
+    assert adm.summary() == {"mode": "adm_float16", "blocks": 1, "float32_fallback_blocks": 0}
+    with pytest.raises(ValueError, match="'float64'"):
+        PairwiseDistances("float64")
+
+
+def test_precision_follows_adm_float16_on_a_ball_border_by_default():
+    # 1-D: the reference point 0 has radius^2 96^2 = 9216 (its 3rd neighbour is 96). The sample at
+    # -96.02 is outside in float32 (9219.8), but rounds to -96 in float16, so ADM counts it inside.
+    ref = np.array([[0.0], [32.0], [64.0], [96.0]])
+    smp = np.array([[-96.02], [-120.0], [-115.0], [-110.0]])
+    assert precision_recall(ref, smp, distances=PairwiseDistances("float32"))[0] == 0.0
+    adm = PairwiseDistances()
+    assert adm.mode == "adm_float16"
+    assert precision_recall(ref, smp, distances=adm)[0] == 0.25
+    assert precision_recall(ref, smp)[0] == 0.25  # the default
+    assert adm.float32_fallbacks == 0
+
+
+def test_float16_overflow_falls_back_to_float32_per_block():
+    ref = np.array([[0.0], [100.0], [600.0], [900.0], [1200.0]])  # squared norms from 600 on overflow float16
+    smp = ref + 10.0
+    adm = PairwiseDistances()
+    assert precision_recall(ref, smp, batch_size=2, distances=adm) == \
+        precision_recall(ref, smp, batch_size=2, distances=PairwiseDistances("float32"))
+    assert 0 < adm.float32_fallbacks < adm.blocks  # blocks near the origin stay in float16

@@ -173,6 +173,10 @@ def test_evaluate_against_an_adm_reference(work, tmp_path, capsys):
     card = result["protocol"]
     assert card["num_samples"] == NUM_SAMPLES and card["sample_metadata"]["protocol"]["steps"] == 2
     assert card["feature_extractor"] == "test-projection"
+    # ADM's float16 distance blocks by default, recorded with their float32 fallbacks
+    assert card["precision_recall_distances"]["mode"] == "adm_float16"
+    assert card["precision_recall_distances"]["blocks"] > 0
+    assert "float16" in card["definitions"]["precision_recall"]
     assert (tmp_path / "eval_run" / "config_hash").exists()
     assert "precision" in capsys.readouterr().out
 
