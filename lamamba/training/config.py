@@ -62,7 +62,7 @@ class EngineConfig:
     micro_batch: int = 0
     # "none", "all" or a comma list of stage names ("enc0".."enc3", "mid", "dec0".."dec3").
     activation_checkpointing: str = "none"
-    # A DeepSpeed JSON to start from instead of ds_configs/zero{zero_stage}.json.
+    # A DeepSpeed JSON to start from instead of lamamba/training/ds_configs/zero{zero_stage}.json.
     ds_config: str = ""
     # torch.distributed backend; "" picks nccl on GPU, gloo on CPU.
     backend: Literal["", "nccl", "gloo"] = ""

@@ -1,6 +1,6 @@
 """The DeepSpeed engine: ZeRO config, AdamW parameter groups, the learning-rate schedule.
 
-The JSON files in ``ds_configs/`` hold what is specific to a ZeRO stage (bucket sizes, overlap);
+The JSON files in ``lamamba/training/ds_configs/`` hold what is specific to a ZeRO stage (bucket sizes, overlap);
 everything that follows from the run's config (batch sizes, precision, clipping) is filled in here,
 so a config change can never disagree with the DeepSpeed JSON.
 """
@@ -17,7 +17,8 @@ import torch
 from lamamba.config import ConfigError
 from lamamba.training.config import TrainConfig
 
-DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+# Shipped inside the package (package data), so an installed wheel finds them too.
+DS_CONFIG_DIR = Path(__file__).resolve().parent / "ds_configs"
 
 
 @dataclass(frozen=True)

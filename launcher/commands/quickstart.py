@@ -18,7 +18,7 @@ package, so nothing is downloaded) go through the real code path of every stage:
 Outputs: OUT/samples.png (one row per class; green frame = recognised as its class),
 OUT/metrics.json, TensorBoard logs under OUT (`tensorboard --logdir OUT`).
 
-The settings live in configs/quickstart/digits.yaml; override any of them with key=value, e.g.
+The settings live in launcher/quickstart/digits.yaml (installed with the package); override any of them with key=value, e.g.
 `lamamba quickstart train.max_steps=2000 sample.cfg_scale=2`. Rerunning with the same --out resumes: finished shards,
 checkpoints and sample shards are reused (use a new --out to start over).
 """
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart",
                         help="directory for every output (default: runs/quickstart)")
     parser.add_argument("--config", default=None,
-                        help="quickstart YAML (default: configs/quickstart/digits.yaml of this checkout)")
+                        help="quickstart YAML (default: launcher/quickstart/digits.yaml, shipped in the package)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides of the config, e.g. train.max_steps=2000 sample.cfg_scale=2")
 

@@ -1,6 +1,6 @@
 """The quickstart's settings: the configs of the real jobs it chains, plus its own few knobs.
 
-``configs/quickstart/digits.yaml`` holds the tuned values; every field can be overridden with a
+``launcher/quickstart/digits.yaml`` holds the tuned values; every field can be overridden with a
 dotted ``key=value`` (``train.max_steps=200``). The paths that connect the stages (each job's
 ``run_dir``, the shard folder, the manifest, the checkpoint, the sample folder, the reference and
 the classifier weights) are derived from ``run_dir`` when the run starts, so the jobs always read
@@ -17,7 +17,8 @@ from lamamba.config import load_config
 from lamamba.evaluation.config import EvalConfig, SampleConfig
 from lamamba.training.config import TrainConfig
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart" / "digits.yaml"
+# Package data next to this module, so an installed wheel has it too.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "digits.yaml"
 
 
 @dataclass
@@ -39,7 +40,7 @@ class LaunchConfig:
 
 @dataclass
 class QuickstartConfig:
-    """Every stage's job config; see configs/quickstart/digits.yaml for the values used."""
+    """Every stage's job config; see launcher/quickstart/digits.yaml for the values used."""
 
     run_dir: str = "runs/quickstart"
     ray_cpus: int = 0  # the local Ray that encode and sample share; 0 = every core
@@ -56,5 +57,5 @@ class QuickstartConfig:
 
 
 def load_quickstart_config(path: str | None, overrides: list[str]) -> QuickstartConfig:
-    """The quickstart config from ``path`` (default: the checkout's digits.yaml) and overrides."""
+    """The quickstart config from ``path`` (default: the packaged digits.yaml) and overrides."""
     return load_config(QuickstartConfig, path or DEFAULT_CONFIG, overrides)
