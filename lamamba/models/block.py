@@ -16,13 +16,16 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    """Linear(dim -> hidden), GELU (exact; DiT's "tanh" approximation on request), Linear(hidden -> dim)."""
+
+    def __init__(self, dim: int, hidden: int, approximate: str = "none"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
+        self.approximate = approximate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(F.gelu(self.fc1(x), approximate=self.approximate))
 
 
 class LaMambaBlock(nn.Module):

@@ -1,5 +1,8 @@
-"""ModelConfig: the sizes of the LaMamba-Diff presets and every ablation switch of the paper.
+"""ModelConfig: the sizes of the LaMamba-Diff presets, every ablation switch of the paper, and the
+DiT baselines (Peebles & Xie) that the paper compares against.
 
+The preset selects the backbone: ``S``, ``B``, ``L``, ``XL``, ``XL-release`` (and ``tiny``) are
+LaMamba-Diff U-Nets, ``DiT-S/2`` ... ``DiT-XL/8`` (and ``DiT-tiny/2``) are DiT transformers.
 Architecture fields left at ``None`` take the preset's value when the config is built, so a saved
 config (``to_dict``) always holds the resolved numbers and rebuilds the same network even if the
 presets change later.
@@ -30,33 +33,64 @@ PRESETS: dict[str, dict] = {
                        cond_dim=1280, d_state=1, num_heads=(16, 16, 16, 16)),
 }
 
-# The paper's figures at 256 px (Table 1; XL also Table 2), for `lamamba flops --table`.
+# DiT's sizes (its models.py): depth, hidden size, heads; each with patch sizes 2, 4 and 8.
+DIT_SIZES: dict[str, dict] = {
+    "tiny": dict(depth=2, hidden=64, heads=2),  # tests and CPU smoke runs
+    "S": dict(depth=12, hidden=384, heads=6),
+    "B": dict(depth=12, hidden=768, heads=12),
+    "L": dict(depth=24, hidden=1024, heads=16),
+    "XL": dict(depth=28, hidden=1152, heads=16),
+}
+DIT_PRESETS: dict[str, dict] = {
+    f"DiT-{size}/{patch}": dict(isotropic_depth=s["depth"], base_width=s["hidden"], cond_dim=s["hidden"],
+                                num_heads=(s["heads"],), patch_size=patch)
+    for size, s in DIT_SIZES.items() for patch in (2, 4, 8)
+}
+# LaMamba-Diff fields that have no meaning for DiT: they must stay at their defaults.
+LAMAMBA_ONLY = ("enc_depths", "mid_depth", "dec_depths", "d_state", "ssm_ratio", "window_size", "attention",
+                "scan", "num_downsamples", "architecture", "skip", "scan_backend")
+
+# The papers' figures (LaMamba-Diff Table 1 at 256 px, XL also Table 2; DiT below), for `lamamba flops --table`.
 PAPER_FIGURES: dict[str, dict] = {
     "S": {"params_m": 32, "gflops": {256: 3.19}},
     "B": {"params_m": 127, "gflops": {256: 12.32}},
     "L": {"params_m": 449, "gflops": {256: 33.39}},
     "XL": {"params_m": 656, "gflops": {256: 50.46, 512: 201.20, 1024: 804.18}, "table1_gflops": 49.90},
     "XL-release": {"params_m": 652.5, "gflops": {256: 45.92, 512: 183.04, 1024: 731.52}},
+    # DiT's Table 4 (256 px); XL/2 at 512 px from DiT's paper, at 1024 px from LaMamba-Diff's Table 2.
+    "DiT-S/2": {"params_m": 33, "gflops": {256: 6.06}},
+    "DiT-B/2": {"params_m": 130, "gflops": {256: 23.01}},
+    "DiT-L/2": {"params_m": 458, "gflops": {256: 80.71}},
+    "DiT-XL/2": {"params_m": 675, "gflops": {256: 118.6, 512: 524.6, 1024: 2910}},
+    "DiT-S/4": {"params_m": 33, "gflops": {256: 1.41}},
+    "DiT-B/4": {"params_m": 130, "gflops": {256: 5.56}},
+    "DiT-L/4": {"params_m": 458, "gflops": {256: 19.70}},
+    "DiT-XL/4": {"params_m": 675, "gflops": {256: 29.05}},
+    "DiT-S/8": {"params_m": 33, "gflops": {256: 0.36}},
+    "DiT-B/8": {"params_m": 130, "gflops": {256: 1.42}},
+    "DiT-L/8": {"params_m": 458, "gflops": {256: 5.01}},
+    "DiT-XL/8": {"params_m": 675, "gflops": {256: 7.39}},
 }
 
 
 @dataclass
 class ModelConfig:
-    """A LaMamba-Diff network.
+    """A LaMamba-Diff network, or a DiT one for a ``DiT-*`` preset.
 
     ``input_size`` is the latent side R (image side / 8 for the SD VAE; any size for pixel
     "latents"); ``in_channels`` the latent channels. The output has 2 * in_channels channels with
     ``learn_sigma`` (eps, then the variance interpolation v), else in_channels.
     """
 
-    preset: Literal["tiny", "S", "B", "L", "XL", "XL-release"] = "S"
+    preset: str = "S"  # a key of PRESETS (LaMamba-Diff) or DIT_PRESETS (DiT)
     input_size: int = 32
     in_channels: int = 4
     num_classes: int = 1000
     learn_sigma: bool = True
     class_dropout_prob: float = 0.1
 
-    # Sizes (None = the preset's value).
+    # Sizes (None = the preset's value). DiT uses base_width (its hidden size), isotropic_depth (its
+    # depth), num_heads (one entry), patch_size and mlp_ratio; cond_dim equals its hidden size.
     base_width: int | None = None
     enc_depths: tuple[int, ...] | None = None
     mid_depth: int | None = None
@@ -73,17 +107,26 @@ class ModelConfig:
     scan: Literal["continuous", "raster"] = "continuous"
     num_downsamples: int = 2
     architecture: Literal["unet", "isotropic"] = "unet"
-    patch_size: int = 1  # isotropic only: 1, 2, 4 or 8
+    patch_size: int | None = None  # isotropic and DiT: 1, 2, 4 or 8 (None: the preset's; the U-Net uses 1)
     isotropic_depth: int | None = None  # None: as many blocks as the preset's U-Net
     skip: Literal["add", "concat"] = "add"
     # The release leaves the final Linear at its xavier init (its zeroing is a no-op); DiT zeroes it.
-    zero_init_final: bool = False
+    # None: the backbone's own recipe (False for LaMamba-Diff, True for DiT).
+    zero_init_final: bool | None = None
 
     scan_backend: Literal["auto", "torch", "mamba_ssm", "reference"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.preset in DIT_PRESETS:
+            self._resolve_dit()
+            return
         if self.preset not in PRESETS:
-            raise ValueError(f"preset: unknown {self.preset!r}; choose one of {sorted(PRESETS)}")
+            raise ValueError(f"preset: unknown {self.preset!r}; choose one of {sorted(PRESETS)} (LaMamba-Diff) "
+                             f"or {sorted(DIT_PRESETS)} (DiT)")
+        if self.patch_size is None:
+            self.patch_size = 1
+        if self.zero_init_final is None:
+            self.zero_init_final = False
         if self.enc_depths is not None and self.dec_depths is None:
             # The SD U-Net decoder: one block more than the encoder twin, none where it has none.
             self.dec_depths = tuple(e + 1 if e else 0 for e in reversed(self.enc_depths))
@@ -96,6 +139,36 @@ class ModelConfig:
         if self.isotropic_depth is None:
             self.isotropic_depth = sum(self.enc_depths) + self.mid_depth + sum(self.dec_depths)
         self._validate()
+
+    def _resolve_dit(self) -> None:
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        given = [k for k in LAMAMBA_ONLY if getattr(self, k) != defaults[k]]
+        if given:
+            raise ValueError(f"{given[0]}: a LaMamba-Diff setting; it does not apply to the DiT preset {self.preset}")
+        for key, value in DIT_PRESETS[self.preset].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        self.num_heads = tuple(self.num_heads)
+        if self.zero_init_final is None:
+            self.zero_init_final = True
+        if self.cond_dim != self.base_width:
+            raise ValueError(f"cond_dim: DiT conditions on its hidden size ({self.base_width}), got {self.cond_dim}")
+        if len(self.num_heads) != 1 or self.base_width % self.num_heads[0]:
+            raise ValueError(f"num_heads: DiT takes one head count dividing base_width {self.base_width}, "
+                             f"got {self.num_heads}")
+        if self.base_width % 4:
+            raise ValueError(f"base_width: must be divisible by 4 (2-D sin-cos embedding), got {self.base_width}")
+        if self.in_channels < 1 or self.input_size < 1 or self.num_classes < 0 or self.isotropic_depth < 1:
+            raise ValueError("in_channels, input_size and isotropic_depth must be positive and num_classes >= 0")
+        if not 0.0 <= self.class_dropout_prob < 1.0:
+            raise ValueError(f"class_dropout_prob: must be in [0, 1), got {self.class_dropout_prob}")
+        if self.input_size % self.patch_size:
+            raise ValueError(f"input_size: {self.input_size} is not divisible by patch_size {self.patch_size}")
+
+    @property
+    def backbone(self) -> str:
+        """"dit" for the DiT presets, else "lamamba"."""
+        return "dit" if self.preset in DIT_PRESETS else "lamamba"
 
     def _validate(self) -> None:
         n = len(self.enc_depths)
@@ -134,15 +207,15 @@ class ModelConfig:
 
     @property
     def stage_widths(self) -> tuple[int, ...]:
-        """Width of each encoder stage (isotropic: one stage of base_width)."""
-        if self.architecture == "isotropic":
+        """Width of each encoder stage (isotropic and DiT: one stage of base_width)."""
+        if self.architecture == "isotropic" or self.backbone == "dit":
             return (self.base_width,)
         return tuple(self.base_width * 2 ** min(i, self.num_downsamples) for i in range(len(self.enc_depths)))
 
     @property
     def stage_resolutions(self) -> tuple[int, ...]:
         """Side of each encoder stage's token map."""
-        if self.architecture == "isotropic":
+        if self.architecture == "isotropic" or self.backbone == "dit":
             return (self.input_size // self.patch_size,)
         return tuple(self.input_size // 2 ** min(i, self.num_downsamples) for i in range(len(self.enc_depths)))
 

@@ -1,4 +1,5 @@
-"""Conditioning and position: timestep and label embedders, the 2-D sin-cos positional embedding."""
+"""Conditioning and position: timestep and label embedders, the 2-D sin-cos positional embedding, and
+the inverse of the patch embedding."""
 
 from __future__ import annotations
 
@@ -77,3 +78,10 @@ def resize_pos_embed(pos_embed: torch.Tensor, size: int | tuple[int, int]) -> to
     grid = pos_embed.permute(0, 3, 1, 2).float()
     grid = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
     return grid.permute(0, 2, 3, 1).to(pos_embed.dtype).contiguous()
+
+
+def unpatchify(x: torch.Tensor, patch: int, channels: int) -> torch.Tensor:
+    """(B, h, w, p*p*C) per-patch outputs -> the (B, C, h*p, w*p) map (DiT's unpatchify)."""
+    b, h, w, _ = x.shape
+    x = x.view(b, h, w, patch, patch, channels).permute(0, 5, 1, 3, 2, 4)
+    return x.reshape(b, channels, h * patch, w * patch)

@@ -1,4 +1,4 @@
-"""Parameters and FLOPs of a LaMamba-Diff network in the paper's convention (fvcore's).
+"""Parameters and FLOPs of a LaMamba-Diff or DiT network in the paper's convention (fvcore's).
 
 One multiply-add is one FLOP for Linear, conv, matmul and einsum; a LayerNorm costs 5 per element
 with affine parameters and 4 without; a selective scan over (batch B, channels D, length L, state
@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from lamamba.models.config import ModelConfig
-from lamamba.models.lamamba_diff import build_model
+from lamamba.models.build import build_model
 
 
 def _module_flops(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
@@ -25,7 +25,7 @@ def _module_flops(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int
         return output.numel() * (module.in_channels // module.groups) * kh * kw
     if isinstance(module, nn.LayerNorm):
         return x.numel() * (5 if module.elementwise_affine else 4)
-    if hasattr(module, "extra_flops"):  # SS2D (einsums + scan), WindowAttention (matmuls)
+    if hasattr(module, "extra_flops"):  # SS2D (einsums + scan), WindowAttention and DiT attention (matmuls)
         return module.extra_flops(x)
     return 0
 

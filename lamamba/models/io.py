@@ -11,13 +11,14 @@ import json
 from typing import Any
 
 import torch
+import torch.nn as nn
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from lamamba import storage
 from lamamba.config import ConfigError, from_dict, to_dict
 from lamamba.models.config import ModelConfig
-from lamamba.models.lamamba_diff import LaMambaDiff, build_model
+from lamamba.models.build import build_model
 
 CONFIG_KEY = "lamamba.model_config"
 
@@ -49,7 +50,7 @@ def read_model_file(path_or_url: str, storage_options: dict[str, Any] | None = N
 
 
 def load_model(path_or_url: str, device: str | torch.device = "cpu",
-               storage_options: dict[str, Any] | None = None) -> tuple[LaMambaDiff, ModelConfig, dict[str, str]]:
+               storage_options: dict[str, Any] | None = None) -> tuple[nn.Module, ModelConfig, dict[str, str]]:
     """Build the model a weights file describes and load it: (model in eval mode, cfg, metadata)."""
     state_dict, cfg, meta = read_model_file(path_or_url, storage_options)
     model = build_model(cfg)

@@ -19,7 +19,9 @@ from lamamba.diffusion.guidance import guided_forward
 from lamamba.models.attention import resize_relative_position_bias
 from lamamba.models.block import LaMambaBlock, modulate
 from lamamba.models.config import ModelConfig
-from lamamba.models.embeddings import LabelEmbedder, TimestepEmbedder, resize_pos_embed, sincos_pos_embed_2d
+from lamamba.models.embeddings import (LabelEmbedder, TimestepEmbedder, resize_pos_embed, sincos_pos_embed_2d,
+                                       unpatchify)
+from lamamba.models.init import adaln_zero_init
 
 
 class PatchMerging(nn.Module):
@@ -136,24 +138,9 @@ class LaMambaDiff(nn.Module):
 
     def initialize_weights(self) -> None:
         """The release's init: xavier Linears, normal(0.02) embedders, zero AdaLN modulations."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        w = self.x_embedder.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.bias)
-        nn.init.normal_(self.y_embedder.table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for module in self.modules():
-            if isinstance(module, (LaMambaBlock, FinalLayer)):
-                nn.init.zeros_(module.adaLN_modulation[-1].weight)
-                nn.init.zeros_(module.adaLN_modulation[-1].bias)
-        if self.cfg.zero_init_final:
-            nn.init.zeros_(self.final_layer.linear.weight)
-            nn.init.zeros_(self.final_layer.linear.bias)
+        modulations = [m.adaLN_modulation[-1] for m in self.modules() if isinstance(m, (LaMambaBlock, FinalLayer))]
+        adaln_zero_init(self, self.x_embedder, self.t_embedder, self.y_embedder, modulations,
+                        self.final_layer.linear if self.cfg.zero_init_final else None)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
                 drop_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -167,7 +154,7 @@ class LaMambaDiff(nn.Module):
         h = self.embed_norm(self.x_embedder(x).permute(0, 2, 3, 1)) + self.pos_embed
         h = self.stages["mid"](h, c) if cfg.architecture == "isotropic" else self._unet(h, c)
         h = self.final_layer(h, c)  # (B, R/p, R/p, p*p*C_out)
-        return self._unpatchify(h)
+        return unpatchify(h, cfg.patch_size, cfg.out_channels)
 
     def _unet(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         n = len(self.cfg.enc_depths)
@@ -184,13 +171,6 @@ class LaMambaDiff(nn.Module):
             x = self.skip_projs[j](torch.cat([x, skip], dim=-1)) if self.cfg.skip == "concat" else x + skip
             x = self.stages[f"dec{j}"](x, c)
         return x
-
-    def _unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, h, w, p*p*C) -> (B, C, h*p, w*p)."""
-        b, h, w, _ = x.shape
-        p, c = self.cfg.patch_size, self.cfg.out_channels
-        x = x.view(b, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(b, c, h * p, w * p)
 
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float,
                          guided_channels: int | None = None) -> torch.Tensor:
@@ -238,8 +218,3 @@ class LaMambaDiff(nn.Module):
             elif name.endswith("relative_position_bias_table"):
                 state_dict[name] = resize_relative_position_bias(value, own[name].shape[0])
         return self.load_state_dict(state_dict, strict=strict)
-
-
-def build_model(cfg: ModelConfig) -> LaMambaDiff:
-    """The LaMamba-Diff network of ``cfg``, freshly initialised."""
-    return LaMambaDiff(cfg)

@@ -1,13 +1,15 @@
-"""Parameters and GFLOPs of a LaMamba-Diff preset, in the paper's convention.
+"""Parameters and GFLOPs of a LaMamba-Diff or DiT preset, in the paper's convention.
 
 One multiply-add = one FLOP for Linear / matmul / einsum / conv; LayerNorm 5 per element (4 without
 affine parameters); a selective scan 9*B*L*D*N + B*D*L; everything else free. Counted for batch 1
-with the timestep and label inputs on the meta device (instant, no memory).
+with the timestep and label inputs on the meta device (instant, no memory). DiT's attention
+matmuls are counted as LaMamba-Diff's are (DiT-XL/2: 118.7 / 524.8 / 2910 GFLOPs at 256 / 512 / 1024 px).
 
 Examples:
   lamamba flops --preset XL --resolution 256
   lamamba flops --preset XL-release --resolution 512 --json
   lamamba flops --preset S --set attention=none --set scan=raster
+  lamamba flops --preset DiT-XL/2 --resolution 1024
   lamamba flops --table          # every preset at 256 px beside the paper's figures
 """
 
@@ -20,7 +22,8 @@ HELP = "parameters and GFLOPs of a model preset (the paper's FLOP convention)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="XL", help="tiny, S, B, L, XL or XL-release (default XL)")
+    parser.add_argument("--preset", default="XL",
+                        help="tiny, S, B, L, XL or XL-release (LaMamba-Diff), DiT-S/2 ... DiT-XL/8 (DiT) (default XL)")
     parser.add_argument("--resolution", type=int, default=256,
                         help="image side in pixels; the latent side is resolution / --downsample (default 256)")
     parser.add_argument("--downsample", type=int, default=8, help="autoencoder downsampling factor (default 8)")
@@ -31,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object {preset, resolution, params, gflops}")
     parser.add_argument("--table", action="store_true",
-                        help="all presets at 256 px beside the paper's parameters and GFLOPs")
+                        help="all presets at 256 px beside the papers' parameters and GFLOPs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
             dg = 100 * (r["gflops"] / r["paper_gflops"] - 1)
             print(f"{r['preset']:<11} {r['params'] / 1e6:>10.2f} {r['paper_params_m']:>7} {dp:>+6.1f}%   "
                   f"{r['gflops']:>8.2f} {r['paper_gflops']:>7} {dg:>+6.2f}%")
-        print("paper: Table 1 (XL-release: the released configuration, d_state 1); 256 px, batch 1")
+        print("paper: LaMamba-Diff Table 1 (XL-release: the released configuration, d_state 1), DiT Table 4; "
+              "256 px, batch 1")
         return 0
 
     counted = count_flops(config(args.preset, args.resolution))
