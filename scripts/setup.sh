@@ -5,10 +5,12 @@
 #   LAMAMBA_VENV=/path bash ...      # another location for the environment
 #   PYTHON=python3.12 bash ...       # the interpreter that creates it (3.10 or newer)
 #
-# The install is `pip install -e ".[dev]"`: every dependency is pinned in pyproject.toml, torch
-# included, so a CPU machine keeps the CPU wheel. It is skipped when pyproject.toml has not changed
-# since the last successful install and no top-level package was added (a stamp file in the
-# environment records their hash), so the other scripts can call this one every time at no cost.
+# The install is `pip install -e ".[dev,triton]"` (triton for the kernel tests, which run in its CPU
+# interpreter): every dependency is pinned in pyproject.toml, torch included, and one pip command
+# resolves them together, so a CPU machine keeps the CPU wheel. It is skipped when pyproject.toml
+# has not changed since the last successful install and no top-level package was added (a stamp
+# file in the environment records their hash), so the other scripts can call this one every time
+# at no cost.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,6 +41,6 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
 fi
 
 echo "setup: installing lamamba and its pinned dependencies into $VENV (first time: a few minutes)"
-"$VENV/bin/python" -m pip install --disable-pip-version-check -e "$ROOT[dev]"
+"$VENV/bin/python" -m pip install --disable-pip-version-check -e "$ROOT[dev,triton]"
 echo "$WANT" > "$STAMP"
 echo "setup: done ($("$VENV/bin/python" --version), $VENV)"

@@ -114,7 +114,7 @@ class ModelConfig:
     # None: the backbone's own recipe (False for LaMamba-Diff, True for DiT).
     zero_init_final: bool | None = None
 
-    scan_backend: Literal["auto", "torch", "mamba_ssm", "reference"] = "auto"
+    scan_backend: Literal["auto", "torch", "triton", "mamba_ssm", "reference"] = "auto"
 
     def __post_init__(self) -> None:
         if self.preset in DIT_PRESETS:

@@ -12,9 +12,10 @@ Backends:
   * ``"torch"``: the project's own chunked scan (below); float32 state whatever the input dtype,
     correct for every L, a hand-written backward from the saved states instead of an autograd
     graph per time step.
-  * ``"mamba_ssm"``: ``mamba_ssm.selective_scan_fn`` (the CUDA kernel).
+  * ``"triton"``: the Triton kernels of :mod:`lamamba.ops.triton_scan` (GPU; CPU interpreter in tests).
+  * ``"mamba_ssm"``: ``mamba_ssm.selective_scan_fn`` (the CUDA kernel), under its call contract.
   * ``"reference"``: a plain loop over time in the input dtype, for tests and benchmarks.
-  * ``"auto"``: ``mamba_ssm`` when it imports and the tensors are on a GPU, else ``torch``.
+  * ``"auto"``: decided in :mod:`lamamba.ops.backend` (mamba_ssm, else triton on a GPU; torch elsewhere).
 
 The torch scan works time-major inside each batch item, (batch, L, groups, channels per group,
 N), so that one time step of every chunk is one strided block; the (batch, D, L) inputs and
@@ -28,36 +29,12 @@ state. That is about 3 sqrt(L) vectorised ops instead of L, and no full-size tem
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "torch", "mamba_ssm", "reference")
-
-
-@functools.lru_cache(maxsize=1)
-def _mamba_ssm_scan():
-    """``mamba_ssm``'s selective_scan_fn, or None when the package (or its CUDA build) is missing."""
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # ImportError, or an OSError/RuntimeError from a broken CUDA extension
-        return None
-    return selective_scan_fn
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend that ``backend`` means for tensors on ``device``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown selective-scan backend {backend!r}; choose one of {BACKENDS}")
-    if backend == "auto":
-        return "mamba_ssm" if device.type == "cuda" and _mamba_ssm_scan() is not None else "torch"
-    if backend == "mamba_ssm" and _mamba_ssm_scan() is None:
-        raise RuntimeError("selective-scan backend 'mamba_ssm' requested but mamba_ssm does not import "
-                           "(install the 'cuda' extra on a GPU machine)")
-    return backend
-
+from lamamba.ops.backend import mamba_ssm_scan, resolve_backend
 
 def selective_scan(
     u: torch.Tensor,
@@ -79,9 +56,13 @@ def selective_scan(
     _check_shapes(u, delta, A, B, C, D, delta_bias)
     if u.device.type == "meta":  # shape propagation only (FLOP counting): nothing to compute
         return torch.empty_like(u)
-    backend = resolve_backend(backend, u.device)
+    backend = resolve_backend(backend, u.device, A.shape[1])
     if backend == "mamba_ssm":
-        return _mamba_ssm_scan()(u, delta, A, B, C, D, None, delta_bias, delta_softplus)
+        return mamba_ssm_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    if backend == "triton":
+        from lamamba.ops.triton_scan import selective_scan_triton
+
+        return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus)
     if backend == "reference":
         return selective_scan_reference(u, delta, A, B, C, D, delta_bias, delta_softplus)
     if D is None:

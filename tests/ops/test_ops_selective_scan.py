@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lamamba.ops import resolve_backend, selective_scan, selective_scan_reference
+from lamamba.ops import selective_scan, selective_scan_reference
 
 
 def random_inputs(batch, dim, groups, n, length, seed=0):
@@ -86,18 +86,6 @@ def test_long_decay_does_not_overflow():
     got = selective_scan(**{k: v.float() for k, v in inputs.items()}, delta_softplus=True, backend="torch")
     want = selective_scan_reference(**inputs, delta_softplus=True)
     assert torch.isfinite(got).all() and relative_error(got, want) < 1e-5
-
-
-def test_backend_dispatch():
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
-    assert resolve_backend("reference", torch.device("cpu")) == "reference"
-    with pytest.raises(ValueError, match="unknown selective-scan backend"):
-        resolve_backend("cuda", torch.device("cpu"))
-    try:
-        import mamba_ssm  # noqa: F401
-    except Exception:
-        with pytest.raises(RuntimeError, match="mamba_ssm"):
-            resolve_backend("mamba_ssm", torch.device("cpu"))
 
 
 def test_bad_shapes_are_named():
