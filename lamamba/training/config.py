@@ -151,12 +151,15 @@ class MonitorConfig:
     sample_count: int = 16
     sample_steps: int = 25  # DDIM steps for the grid
     sample_cfg_scale: float = 4.0
-    # Peak dense throughput of one device in TFLOP/s for MFU (989 = H100 SXM bf16); 0 = no MFU.
-    peak_tflops: float = 989.0
+    # Peak dense TFLOP/s of one device for MFU: None = the device's figure for the run's matmul
+    # dtype from lamamba/training/peak_flops.py (unknown on the CPU); a number overrides it; 0 = no MFU.
+    peak_tflops: float | None = None
 
     def __post_init__(self):
         check_at_least(self, {"log_every": 1, "sample_every": 0, "sample_count": 1, "sample_steps": 1,
-                              "sample_cfg_scale": 1, "peak_tflops": 0})
+                              "sample_cfg_scale": 1})
+        if self.peak_tflops is not None:
+            check_at_least(self, {"peak_tflops": 0})
 
 
 @dataclass

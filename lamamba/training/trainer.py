@@ -31,6 +31,7 @@ from lamamba.training.ema import EMA
 from lamamba.training.engine import build_engine, plan_batches
 from lamamba.training.monitors import IntervalMeter, MetricsSinks, StepStats, format_line
 from lamamba.training.numerics import NumericsGuard
+from lamamba.training.peak_flops import matmul_dtype, resolve_peak
 from lamamba.training.preemption import PreemptionWatcher
 from lamamba.training.step import COUNT, LOSS, MSE, QCOUNT, QSUM, STOP, VB, VECTOR, DiffusionTrainStep
 
@@ -140,7 +141,11 @@ class Trainer:
                      state["samples_consumed"], state["world_size"], world.world_size)
         self.guard = NumericsGuard(cfg.numerics.max_consecutive_skips, skipped)
         gflops = count_flops(cfg.model)["gflops"]
-        self.meter = IntervalMeter(6 * gflops * 1e9, cfg.monitor.peak_tflops * 1e12 * world.world_size, self.device)
+        peak = resolve_peak(cfg.monitor.peak_tflops, self.device,
+                            matmul_dtype(cfg.engine.precision, self.device.type == "cuda" and tf32_enabled()))
+        if world.is_main:
+            log.info("MFU peak per device: %s", peak.source)
+        self.meter = IntervalMeter(6 * gflops * 1e9, (peak.tflops or 0.0) * 1e12 * world.world_size, self.device)
         self.sinks = MetricsSinks(cfg.run_dir, cfg.monitor.tensorboard) if world.is_main else None
         self.sampler = None
         if world.is_main and cfg.monitor.sample_every > 0:

@@ -75,7 +75,9 @@ def test_zero2_trains_and_logs_to_tensorboard(reference_z2):
     images = events.Images("samples/ema")
     assert [im.step for im in images] == [3]  # monitor.sample_every = 3
     assert images[0].width > 0 and images[0].height > 0
-    assert "img/s" in (reference_z2 / "train.log").read_text()
+    log = (reference_z2 / "train.log").read_text()
+    assert "img/s" in log
+    assert "MFU peak per device: monitor.peak_tflops=0.1 (set in the config)" in log
 
 
 def test_zero3_trains(reference_z3):
