@@ -13,9 +13,9 @@ import hashlib
 import json
 from typing import Any
 
-from data_pipeline.preprocess import CROP_METHOD
 from data_pipeline.shard_plan import PlannedShard
 from lamamba import storage
+from lamamba.center_crop import CROP_METHOD
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "lamamba-latents-v1"

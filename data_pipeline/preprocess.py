@@ -1,4 +1,5 @@
-"""ADM's image preprocessing (docs/protocols.md, *Images to latents*): centre crop, [-1, 1], horizontal flip."""
+"""ADM's image preprocessing (docs/protocols.md, *Images to latents*): centre crop (the one in
+``lamamba.center_crop``, shared with the FID reference builder), [-1, 1], horizontal flip."""
 
 from __future__ import annotations
 
@@ -6,24 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-CROP_METHOD = "adm_center_crop"
-
-
-def adm_center_crop(image: Image.Image, size: int) -> np.ndarray:
-    """ADM's centre crop of a PIL image to ``size`` x ``size``; returns uint8 (size, size[, C]).
-
-    Halve with a box filter while the short side is at least twice the target (cheap and
-    alias-free), then resize bicubically so the short side equals the target, then cut the centre.
-    Images smaller than the target are upsampled by the bicubic step.
-    """
-    while min(image.size) >= 2 * size:
-        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
-    scale = size / min(image.size)
-    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
-    arr = np.asarray(image)
-    top = (arr.shape[0] - size) // 2
-    left = (arr.shape[1] - size) // 2
-    return arr[top:top + size, left:left + size]
+from lamamba.center_crop import adm_center_crop
 
 
 def to_model_input(image: Image.Image, size: int, channels: int) -> torch.Tensor:

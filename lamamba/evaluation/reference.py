@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from lamamba import storage
+from lamamba.center_crop import CROP_METHOD, adm_center_crop
 from lamamba.evaluation.features import FeatureExtractor
 from lamamba.evaluation.shards import iter_npz_array, npz_array_length, npz_keys, read_npz, write_npz
 from lamamba.evaluation.statistics import FeatureStats, GaussianStats, accumulate
@@ -102,28 +103,16 @@ def extract_features(batches, extractor: FeatureExtractor, total: int | None = N
     return {key: np.concatenate(v) for key, v in out.items()}
 
 
-def center_crop_adm(image: Image.Image, size: int) -> np.ndarray:
-    """ADM's centre crop: halve with a box filter while the short side >= 2 * size, bicubic-resize
-    the short side to ``size``, crop the centre. Returns (size, size, 3) uint8."""
-    while min(image.size) >= 2 * size:
-        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
-    scale = size / min(image.size)
-    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
-    arr = np.asarray(image.convert("RGB"))
-    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
-    return arr[top:top + size, left:left + size]
-
-
 def _decode(data: bytes, size: int) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
-        return center_crop_adm(image.convert("RGB"), size)
+        return adm_center_crop(image.convert("RGB"), size)
 
 
 def _fit(images: np.ndarray, size: int) -> np.ndarray:
     if images.shape[1:3] == (size, size) and images.shape[-1] == 3:
         return images
-    return np.stack([center_crop_adm(Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im), size)
-                     for im in images])
+    return np.stack([adm_center_crop(Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im).convert("RGB"),
+                                     size) for im in images])
 
 
 def iter_real_images(source: str, resolution: int, batch_size: int = 100) -> Iterator[np.ndarray]:
@@ -213,7 +202,7 @@ def build_reference(source: str, out: str, extractor: FeatureExtractor, resoluti
         arrays["arr_0"] = np.stack([im for _, im in subset.items])
     meta = {"source": source, "resolution": resolution, "num_images": pool_stats.n,
             "pr_images": len(subset.items), "extractor": getattr(extractor, "name", type(extractor).__name__),
-            "crop": "adm-center-crop"}
+            "crop": CROP_METHOD}
     arrays["meta"] = np.array(json.dumps(meta))
     write_npz(out, **arrays)
     return Reference(pool, spatial, arrays["pool_features"], out, pool_stats.n)

@@ -6,9 +6,10 @@ import torch
 from PIL import Image
 
 from data_pipeline.config import SourceConfig
-from data_pipeline.preprocess import adm_center_crop, to_model_input
+from data_pipeline.preprocess import to_model_input
 from data_pipeline.sources import SourceError, list_source, load_image
 from lamamba.autoencoders import AutoencoderConfig, build_autoencoder, tiny_vae
+from lamamba.center_crop import adm_center_crop
 
 
 def test_adm_crop_takes_the_centre_and_upsamples_small_images():

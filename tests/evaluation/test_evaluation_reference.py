@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from evaluation_fakes import ProjectionExtractor
-from lamamba.evaluation.reference import build_reference, center_crop_adm, load_reference
+from lamamba.center_crop import adm_center_crop
+from lamamba.evaluation.reference import build_reference, load_reference
 from lamamba.evaluation.statistics import FeatureStats
 
 
@@ -22,9 +23,9 @@ def _png(array):
 def test_adm_centre_crop_halves_then_resizes_then_crops():
     rng = np.random.default_rng(0)
     wide = Image.fromarray(rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8))  # W=64, H=48
-    assert center_crop_adm(wide, 16).shape == (16, 16, 3)
+    assert adm_center_crop(wide, 16).shape == (16, 16, 3)
     flat = Image.fromarray(np.full((100, 30, 3), 77, dtype=np.uint8))
-    np.testing.assert_array_equal(center_crop_adm(flat, 16), 77)
+    np.testing.assert_array_equal(adm_center_crop(flat, 16), 77)
 
 
 def test_build_reference_from_folder_npz_and_tar(tmp_path):
@@ -52,7 +53,7 @@ def test_build_reference_from_folder_npz_and_tar(tmp_path):
     assert "arr_0" not in stored.files
 
     # sources are read in sorted path order (class_a/*.png, images-000.tar, shard_0.npz), each cropped
-    crops = np.stack([center_crop_adm(Image.fromarray(a), 16) for a in originals])
+    crops = np.stack([adm_center_crop(Image.fromarray(a), 16) for a in originals])
     np.testing.assert_allclose(stored["pool_features"][:3], extractor(crops)["pool"], atol=1e-6)
 
     # statistics over the first max_images; precision/recall features from a fixed-seed subset
