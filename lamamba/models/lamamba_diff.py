@@ -15,7 +15,6 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from lamamba.diffusion.guidance import guided_forward
 from lamamba.models.attention import resize_relative_position_bias
 from lamamba.models.block import LaMambaBlock, modulate
 from lamamba.models.config import ModelConfig
@@ -171,12 +170,6 @@ class LaMambaDiff(nn.Module):
             x = self.skip_projs[j](torch.cat([x, skip], dim=-1)) if self.cfg.skip == "concat" else x + skip
             x = self.stages[f"dec{j}"](x, c)
         return x
-
-    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float,
-                         guided_channels: int | None = None) -> torch.Tensor:
-        """Classifier-free guided output (B, C_out, R, R); all eps channels guided by default."""
-        return guided_forward(self, x, t, y, scale=cfg_scale, null_label=self.cfg.num_classes,
-                              eps_channels=self.cfg.in_channels, guided_channels=guided_channels)
 
     @property
     def stage_names(self) -> list[str]:

@@ -78,3 +78,19 @@ def test_real_model_sample_is_the_same_alone_and_in_batches_of_7_and_64():
     # Bit-identical on CPU; a GPU's batched kernels may differ in the last bits, hence the tolerance.
     torch.testing.assert_close(sample(list(range(7)))[5], alone, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sample(list(range(64)))[5], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_guidance_composed_around_the_real_model_guides_eps_only():
+    torch.manual_seed(0)
+    model = tiny_model()
+    for p in model.parameters():  # make the label matter (zero-init gates would hide it)
+        p.data.add_(torch.randn_like(p) * 0.02)
+    model.eval()
+    gen = torch.Generator().manual_seed(1)
+    x, t, y = torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([10, 700]), torch.tensor([3, 7])
+    with torch.no_grad():
+        cond, uncond = model(x, t, y), model(x, t, torch.full_like(y, 10))
+        guided = guided_forward(model, x, t, y, scale=4.0, null_label=10, eps_channels=4)
+    assert not torch.allclose(cond[:, :4], uncond[:, :4])
+    torch.testing.assert_close(guided[:, :4], uncond[:, :4] + 4.0 * (cond[:, :4] - uncond[:, :4]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(guided[:, 4:], cond[:, 4:], rtol=1e-6, atol=1e-6)

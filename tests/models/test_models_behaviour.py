@@ -57,7 +57,7 @@ def test_after_one_step_every_parameter_gets_a_gradient():
             assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_drop_mask_forces_the_null_label_and_cfg_guides_eps():
+def test_drop_mask_forces_the_null_label():
     torch.manual_seed(0)
     cfg = tiny()
     model = build_model(cfg)
@@ -69,11 +69,6 @@ def test_drop_mask_forces_the_null_label_and_cfg_guides_eps():
     dropped = model(x, t, y, drop_mask=torch.tensor([True, False]))
     assert torch.allclose(dropped[0], model(x, t, null)[0], atol=1e-6)
     assert torch.allclose(dropped[1], model(x, t, y)[1], atol=1e-6)
-    assert torch.equal(model.forward_with_cfg(x, t, y, 1.0), model(x, t, y))
-    cond, uncond = model(x, t, y), model(x, t, null)
-    guided = model.forward_with_cfg(x, t, y, 4.0)
-    assert torch.allclose(guided[:, :1], uncond[:, :1] + 4.0 * (cond[:, :1] - uncond[:, :1]), atol=1e-5)
-    assert torch.allclose(guided[:, 1:], cond[:, 1:], atol=1e-6)
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
