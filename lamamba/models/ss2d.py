@@ -3,6 +3,11 @@
 (B, H, W, C) -> in_proj -> (x, z); x -> depthwise 3x3 conv -> SiLU -> four scans (one set of
 x_proj / dt_proj / A / D per direction) -> merge back to raster order and sum -> LayerNorm -> * SiLU(z)
 -> out_proj.
+
+The scan backend is resolved per call (:func:`lamamba.ops.resolve_backend`). With ``triton`` the
+fused core runs: the projections are computed in raster order and one kernel gathers the four
+orders, scans and merges (no 4x copy of the activation); other backends take the unfused path
+(``cross_scan`` -> ``selective_scan`` -> ``cross_merge``). Both compute the same function.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lamamba.ops import cross_merge, cross_scan, selective_scan
+from lamamba.ops import cross_merge, cross_scan, resolve_backend, scan_orders, selective_scan
 
 NUM_DIRECTIONS = 4
 
@@ -63,13 +68,32 @@ class SS2D(nn.Module):
         b, h, w, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         z = F.silu(z)
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
-        y = self.scan_2d(x)  # (B, d_inner, H*W), float32
+        # meta tensors (FLOP counting) only propagate shapes: no backend is resolved for them.
+        backend = self.backend if x.device.type == "meta" else resolve_backend(self.backend, x.device, self.d_state)
+        if backend == "triton":
+            # A channels-last conv output, so that the fused core reads contiguous channels.
+            x = self.conv2d(x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
+            y = self.fused_scan_2d(F.silu(x).permute(0, 2, 3, 1))  # (B, H, W, d_inner)
+        else:
+            x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
+            y = self.scan_2d(x, backend).transpose(1, 2).reshape(b, h, w, self.d_inner)  # float32
         # The scan runs in float32; come back to the block's dtype (bf16 weights under DeepSpeed).
-        y = self.out_norm(y.transpose(1, 2).reshape(b, h, w, self.d_inner).to(z.dtype)) * z
+        y = self.out_norm(y.to(z.dtype)) * z
         return self.out_proj(y)
 
-    def scan_2d(self, x: torch.Tensor) -> torch.Tensor:
+    def fused_scan_2d(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, d_inner) -> (B, H, W, d_inner): the Triton core (same function as ``scan_2d``)."""
+        from lamamba.ops.triton_scan import ss2d_scan_triton
+
+        h, w, n = x.shape[1], x.shape[2], self.d_state
+        x_dbl = torch.einsum("bhwd,kcd->bhwkc", x, self.x_proj_weight.to(x.dtype))
+        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, n, n], dim=-1)
+        dts = torch.einsum("bhwkr,kdr->bhwkd", dts, self.dt_projs_weight.to(dts.dtype))
+        orders, _ = scan_orders(h, w, self.scan, x.device)
+        return ss2d_scan_triton(x, dts, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(),
+                                self.dt_projs_bias.float().flatten(), orders)
+
+    def scan_2d(self, x: torch.Tensor, backend: str) -> torch.Tensor:
         """(B, d_inner, H, W) -> (B, d_inner, H*W): the four selective scans, merged and summed."""
         b, d, h, w = x.shape
         k, n, length = NUM_DIRECTIONS, self.d_state, h * w
@@ -84,7 +108,7 @@ class SS2D(nn.Module):
                 xs.float().reshape(b, k * d, length), dts.float().reshape(b, k * d, length),
                 -torch.exp(self.A_logs.float()), bs.float().contiguous(), cs.float().contiguous(),
                 self.Ds.float(), self.dt_projs_bias.float().flatten(), delta_softplus=True,
-                backend=self.backend)
+                backend=backend)
         return cross_merge(ys.view(b, k, d, length), h, w, self.scan)
 
     def extra_flops(self, x: torch.Tensor) -> int:
