@@ -70,6 +70,9 @@ class EncodeConfig:
     storage_options: fsspec options for ``output`` (endpoint, credentials; never logged).
     """
 
+    # How the job fans out and checks may change between runs into the same output (lamamba.run_identity).
+    CONTINUATION_KEYS = ("ray", "verify_checksums")
+
     run_dir: str = "runs/encode"
     output: str = ""
     resolution: int = 256

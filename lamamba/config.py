@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -27,6 +28,13 @@ class ConfigError(ValueError):
 
 
 SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+# Credentials the launcher hands to a job's processes through their environment instead of a file:
+# JSON {config class name: {dotted key: value}}, applied by load_config after the overrides.
+SECRETS_ENV = "LAMAMBA_CONFIG_SECRETS"
+
+
+def _is_secret(key: Any, value: Any) -> bool:
+    return any(w in str(key).lower() for w in SECRET_WORDS) and not isinstance(value, dict)
 
 
 def redacted(data: Any) -> Any:
@@ -34,8 +42,26 @@ def redacted(data: Any) -> Any:
     ``"<redacted>"``: what config.yaml files, logs and status output may show."""
     if not isinstance(data, dict):
         return data
-    return {k: "<redacted>" if any(w in str(k).lower() for w in SECRET_WORDS) and not isinstance(v, dict)
-            else redacted(v) for k, v in data.items()}
+    return {k: "<redacted>" if _is_secret(k, v) else redacted(v) for k, v in data.items()}
+
+
+def secret_values(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The dotted keys and values of a config dict that :func:`redacted` hides."""
+    found = {}
+    for key, value in data.items():
+        if _is_secret(key, value):
+            found[f"{prefix}{key}"] = value
+        elif isinstance(value, dict):
+            found.update(secret_values(value, f"{prefix}{key}."))
+    return found
+
+
+def without_secrets(data: Any) -> Any:
+    """``data`` with the keys :func:`redacted` hides left out (a job loading it falls back to its
+    environment's credentials, or to those in :data:`SECRETS_ENV`)."""
+    if not isinstance(data, dict):
+        return data
+    return {k: without_secrets(v) for k, v in data.items() if not _is_secret(k, v)}
 
 
 def check_at_least(cfg: Any, minimums: dict[str, float]) -> None:
@@ -146,8 +172,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def config_hash(cfg: Any) -> str:
-    """A short, stable hash of the resolved config (sha256 of its canonical JSON)."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":")).encode()
+    """A short, stable hash of the resolved config (sha256 of its canonical JSON, credentials
+    redacted: a hash of a secret is never written, and rotating one keeps the hash)."""
+    blob = json.dumps(redacted(to_dict(cfg)), sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -171,14 +198,32 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
     out = json.loads(json.dumps(data))
     for text in overrides:
         parts, value = parse_override(text)
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {'.'.join(parts[: i + 1])} is not a mapping")
-            node = child
-        node[parts[-1]] = value
+        _set_dotted(out, parts, value, f"override {text!r}")
     return out
+
+
+def _set_dotted(data: dict[str, Any], parts: list[str], value: Any, what: str) -> None:
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: {'.'.join(parts[: i + 1])} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def _apply_env_secrets(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the credentials the launcher passed in :data:`SECRETS_ENV` for ``cls``."""
+    raw = os.environ.get(SECRETS_ENV)
+    if not raw:
+        return data
+    try:
+        values = json.loads(raw).get(cls.__name__, {})
+    except (ValueError, AttributeError):
+        raise ConfigError(f"${SECRETS_ENV} is not a JSON mapping of config class -> dotted key -> value") from None
+    for key, value in values.items():
+        _set_dotted(data, key.split("."), value, f"${SECRETS_ENV} {key}")
+    return data
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -199,7 +244,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
     """Load ``cls`` from the YAML file ``path`` (or defaults) with dotted overrides applied."""
     data = read_yaml(path) if path is not None else {}
     try:
-        return from_dict(cls, apply_overrides(data, overrides))
+        return from_dict(cls, _apply_env_secrets(cls, apply_overrides(data, overrides)))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
 

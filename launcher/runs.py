@@ -1,11 +1,12 @@
 """Runs: the id and directory fixed at submission, and what is recorded in it.
 
-A run is named by its job, its config file and the hash of its resolved config, so submitting
-the same command twice names the same run and the job resumes in the same directory instead of
-starting over; changing any setting names a new run. Everything the launcher knows about a run
-lives under ``<run_dir>/launch/``::
+A run is named by its job, its config file and the hash of its identity (the settings that make
+the run what it is, :mod:`lamamba.run_identity`), so submitting the same command twice names the
+same run and the job resumes in the same directory instead of starting over, also after a change
+of what may change as a run continues (max_steps, cadences, workers) or of its credentials.
+Everything the launcher knows about a run lives under ``<run_dir>/launch/``::
 
-    launch/config.yaml     the resolved config, as validated at submission
+    launch/config.yaml     the resolved config, as validated at submission, without credentials
     launch/config_hash     its hash
     launch/run.json        the record: job, backend, run dir, and the backend's handle
     launch/<artifact>      what was submitted (job.sbatch, ray_job.json, rayjob.yaml, command.sh)
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lamamba import storage
-from lamamba.config import config_hash
+from lamamba.run_identity import identity_hash
 from launcher.errors import LaunchError
 
 # The states every backend reports (the Ray job client's names).
@@ -50,13 +51,18 @@ def _slug(text: str, max_len: int) -> str:
 def make_run_id(job: str, config_path: str | None, cfg: Any) -> str:
     """``<job>-<config file stem>-<8 hex of the config hash>``, e.g. ``train-s-256-3f2a9c1d``.
 
-    The hash is taken with ``run_dir`` blanked, so it depends only on the settings. The id is a
-    DNS-1123 label of at most 42 characters (lowercase, digits, '-'), short enough for the names
-    KubeRay derives from a RayJob's.
+    The hash is :func:`lamamba.run_identity.identity_hash`: it leaves out ``run_dir``, credentials
+    and storage options, and the keys a run may change as it continues. The id is a DNS-1123 label
+    of at most 42 characters (lowercase, digits, '-'), short enough for the names KubeRay derives
+    from a RayJob's.
     """
+    return f"{run_id_prefix(job, config_path)}{identity_hash(cfg)[:8]}"
+
+
+def run_id_prefix(job: str, config_path: str | None) -> str:
+    """``<job>-<config file stem>-``: what the derived ids of one config file share."""
     stem = Path(config_path).stem if config_path else "defaults"
-    digest = config_hash(dataclasses.replace(cfg, run_dir=""))[:8]
-    return f"{job}-{_slug(stem, 24)}-{digest}"
+    return f"{job}-{_slug(stem, 24)}-"
 
 
 def validate_run_id(run_id: str) -> str:

@@ -13,7 +13,7 @@ import yaml
 
 from lamamba import storage
 from lamamba.autoencoders import AutoencoderConfig
-from lamamba.config import check_at_least, config_hash, to_dict
+from lamamba.config import check_at_least, config_hash, redacted, to_dict
 from lamamba.diffusion.config import check_schedule
 
 
@@ -46,6 +46,8 @@ class RayConfig:
 @dataclass
 class SampleConfig:
     """A sample set for evaluation; every field that changes the images is in its metadata."""
+
+    CONTINUATION_KEYS = ("ray", "launcher", "progress")  # the fan-out (lamamba.run_identity)
 
     run_dir: str = "runs/sample"
     checkpoint: str = ""  # training checkpoint dir (its ema.safetensors) or an exported .safetensors
@@ -119,6 +121,8 @@ class BuildReferenceConfig:
 class EvalConfig:
     """What to evaluate against what; every metric follows ADM's evaluator (docs/protocols.md, *Metrics*)."""
 
+    CONTINUATION_KEYS = ("batch_size", "pr_batch_size", "pr_device", "extractor.device", "extractor.batch_size")
+
     run_dir: str = "runs/evaluate"
     samples: str = ""  # a sample-set directory/URL written by `lamamba sample`, or one .npz with arr_0
     reference: str = ""  # ADM reference .npz (or one from `lamamba evaluate --build-reference`)
@@ -139,6 +143,7 @@ class EvalConfig:
 
 
 def write_run_files(cfg) -> None:
-    """The resolved config and its hash in ``<run_dir>/`` (local or a URL)."""
-    storage.write_bytes(storage.join(cfg.run_dir, "config.yaml"), yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+    """The resolved config (credentials redacted) and its hash in ``<run_dir>/`` (local or a URL)."""
+    storage.write_bytes(storage.join(cfg.run_dir, "config.yaml"),
+                        yaml.safe_dump(redacted(to_dict(cfg)), sort_keys=False).encode())
     storage.write_bytes(storage.join(cfg.run_dir, "config_hash"), (config_hash(cfg) + "\n").encode())

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from lamamba import storage
 from lamamba.autoencoders import build_autoencoder
-from lamamba.config import ConfigError, config_hash, to_dict
+from lamamba.config import ConfigError, config_hash, redacted, to_dict
 from lamamba.devices import set_tf32
 from lamamba.diffusion import create_diffusion, guided_forward
 from lamamba.evaluation.config import SampleConfig
@@ -191,7 +191,7 @@ def write_or_check_metadata(cfg: SampleConfig, proto: dict) -> None:
             raise ConfigError(f"out: {cfg.out_url} holds samples made with a different {', '.join(differing)} "
                               f"(see its {METADATA}); use another out")
         return
-    write_json(url, {"protocol": proto, "config": to_dict(cfg), "config_hash": config_hash(cfg)})
+    write_json(url, {"protocol": proto, "config": redacted(to_dict(cfg)), "config_hash": config_hash(cfg)})
 
 
 def pending_shards(cfg: SampleConfig) -> list[int]:

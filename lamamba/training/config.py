@@ -166,6 +166,13 @@ class MonitorConfig:
 class TrainConfig:
     """A training run: model, diffusion, data, optimiser, engine and the run's bookkeeping."""
 
+    # What may change when the run continues (lamamba.run_identity): length, cadences, sample
+    # grids, workers and memory/speed knobs with the same maths; everything else is the run.
+    CONTINUATION_KEYS = ("max_steps", "monitor", "preemption", "numerics", "autoencoder", "data.num_workers",
+                         "checkpoint.every_steps", "checkpoint.keep_last", "checkpoint.resume",
+                         "checkpoint.consolidated", "checkpoint.staging_dir", "engine.micro_batch",
+                         "engine.activation_checkpointing", "engine.backend", "model.scan_backend")
+
     run_dir: str = "runs/train"
     seed: int = 0
     global_batch: int = 256

@@ -24,6 +24,7 @@ import yaml
 from lamamba import storage
 from lamamba.config import ConfigError, config_hash, redacted, to_dict
 from lamamba.devices import set_tf32, tf32_enabled
+from lamamba.run_identity import identity_changes
 from lamamba.training.checkpointer import Checkpointer, step_dir_name
 from lamamba.training.config import TrainConfig
 from lamamba.training.distributed import World, all_reduce_sum, init_distributed, shutdown
@@ -65,18 +66,6 @@ def record_device(run_dir: str, world: World) -> None:
               "torch_cuda": torch.version.cuda, "tf32": world.device.type == "cuda" and tf32_enabled()}
     with open(os.path.join(run_dir, "device.json"), "w") as f:
         json.dump(record, f, indent=2)
-
-
-def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts (run_dir excluded)."""
-    changed = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += _changed_keys(a, b, f"{prefix}{key}.")
-        elif a != b and f"{prefix}{key}" != "run_dir":
-            changed.append(f"{prefix}{key}")
-    return changed
 
 
 class Trainer:
@@ -178,9 +167,16 @@ class Trainer:
             if resume_state["global_batch"] != self.cfg.global_batch:
                 raise ConfigError(f"global_batch={self.cfg.global_batch} but the checkpoint used "
                                   f"{resume_state['global_batch']}; exact resume needs the same global batch")
-            changed = _changed_keys(resume_state.get("config", {}), self.config_dict)
-            if changed:
-                log.warning("the config differs from the checkpoint's in: %s", ", ".join(changed))
+            # The data is checked by its manifest id above and the checkpoint was found where
+            # checkpoint.dir points, so their paths may move.
+            differ, continued = identity_changes(resume_state.get("config", {}), self.config_dict, TrainConfig)
+            differ = [k for k in differ if k not in ("data.manifest", "checkpoint.dir")]
+            if differ:
+                raise ConfigError(f"the checkpoint in {self.cfg.checkpoint_dir} belongs to a run with other "
+                                  f"{', '.join(differ)}; these change the run, so it cannot continue: restore "
+                                  f"them, or start a new run (another run_dir; `lamamba submit ... --new-run`)")
+            if continued:
+                log.info("continuing the run with changed %s", ", ".join(continued))
 
     # ---- the loop ------------------------------------------------------------------------------
     def _save(self) -> str:

@@ -8,7 +8,19 @@ and the backend's handle, which `lamamba status|logs|cancel RUN_ID` use.
 
 Submitting the same command again names the same run: the job continues in the same run dir
 (training resumes from its newest committed checkpoint; encode and sample skip finished shards).
-A run that is still pending or running is not submitted twice.
+So does the same command with changes that do not change the run: training's max_steps, log,
+checkpoint and sample-grid cadences, workers, micro-batch, activation checkpointing; any job's
+storage options and credentials. Changing what makes the run (training: model, data, global
+batch, seed, optimiser, diffusion, EMA, precision; encode: source, resolution, autoencoder,
+shard size, output; sample: the sampling protocol) is refused with the keys named, since the
+same config file already made a run with other values: restore them to continue that run, or
+pass --new-run to start another beside it. A run that is still pending or running is not
+submitted twice.
+
+Credentials in the config (any storage_options key or secret) are never written to the run dir,
+a log or the status output, and never feed the run id (rotating a key keeps the run): the local
+and SLURM backends pass them to the job's processes in their environment; for ray and kuberay
+put them in the cluster's environment (--secret) instead.
 
 Backends:
   local    this machine, in the background; training under torchrun with --gpus-per-node
@@ -61,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-root", default=None,
                         help="where run dirs are made (default: $LAMAMBA_RUNS_ROOT or ./runs); a path or s3:// URL")
     parser.add_argument("--run-id", default=None, help="name the run instead of deriving it from the config")
+    parser.add_argument("--new-run", action="store_true",
+                        help="start a new run although the same config file made one with other settings "
+                             "(model, data, batch, seed, optimiser, ...) instead of refusing")
     parser.add_argument("--python", default=None,
                         help="interpreter on the compute side (default: this one; `python` on ray/kuberay)")
     parser.add_argument("--template", help="a site-specific copy of the sbatch or RayJob template (Jinja2)")
@@ -95,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         args.job, args.config, args.overrides, args.backend, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
         max_restarts=DEFAULT_MAX_RESTARTS[args.backend] if args.max_restarts is None else args.max_restarts,
         python=args.python or ("python" if remote_python else sys.executable), runs_root=args.runs_root,
-        run_id=args.run_id, dry_run=args.dry_run,
+        run_id=args.run_id, dry_run=args.dry_run, new_run=args.new_run,
         options={"partition": args.partition, "time": args.time, "account": args.account,
                  "cpus_per_task": args.cpus_per_node, "sbatch_args": args.sbatch_arg, "setup": args.setup,
                  "template": args.template, "address": args.address, "working_dir": args.working_dir,

@@ -128,8 +128,8 @@ def test_ray_jobs_succeed_and_another_is_cancelled(ray_head, digits_config, tmp_
     log = capsys.readouterr().out
     assert "1 node(s) x 2 rank(s), rendezvous" in log and "finished: 2 steps" in log and ": SUCCEEDED" in log
 
-    # A second run (other settings, so another run id), stopped before it can finish.
-    assert main(_submit(ray_head, digits_config, root, "shard_size=512")) == 0
+    # A second run (other settings, asked for as a new run: another run id), stopped before it can finish.
+    assert main([*_submit(ray_head, digits_config, root, "shard_size=512"), "--new-run"]) == 0
     other = capsys.readouterr().out.split()[1]
     assert other != run_id
     assert main(["cancel", other, "--runs-root", root]) == 0
