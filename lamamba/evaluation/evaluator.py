@@ -144,8 +144,10 @@ def protocol_card(cfg: EvalConfig, samples: SampleFeatures, reference: Reference
     }
 
 
-def evaluate(cfg: EvalConfig, extractor: FeatureExtractor | None = None) -> dict:
-    """Run the evaluation; writes ``{"metrics": ..., "protocol": ...}`` as JSON and returns it."""
+def evaluate(cfg: EvalConfig, extractor: FeatureExtractor | None = None, reference: Reference | None = None) -> dict:
+    """Run the evaluation; writes ``{"metrics": ..., "protocol": ...}`` as JSON and returns it.
+    ``extractor`` and ``reference`` (already loaded from ``cfg.reference``) may be passed in by a
+    caller that evaluates many sample sets (the evaluation sweep)."""
     if not cfg.reference:
         raise ConfigError("reference: give the reference batch (--reference FILE)")
     extractor = extractor or build_extractor(cfg.extractor)
@@ -156,7 +158,7 @@ def evaluate(cfg: EvalConfig, extractor: FeatureExtractor | None = None) -> dict
     if not cfg.samples:  # building the reference was the whole job
         return {"reference": cfg.reference}
     sample_features = collect_sample_features(cfg.samples, extractor, cfg.batch_size)
-    reference = load_reference(cfg.reference, extractor, cfg.batch_size)
+    reference = reference or load_reference(cfg.reference, extractor, cfg.batch_size)
     distances = metrics.PairwiseDistances(cfg.pr_distances)
     result = {
         "metrics": compute_metrics(sample_features, reference, cfg.is_split_size, cfg.pr_k, cfg.pr_batch_size,

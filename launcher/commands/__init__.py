@@ -1,6 +1,6 @@
 """One module per `lamamba` subcommand.
 
-Each module defines ``HELP`` (one line for the command list), ``add_arguments(parser)`` and
+A command ``a-b`` lives in module ``a_b``. Each module defines ``HELP`` (one line for the command list), ``add_arguments(parser)`` and
 ``run(args) -> int``. Modules import heavy dependencies (torch, ray, deepspeed) inside ``run`` so
 that ``lamamba --help`` stays fast.
 """
@@ -12,6 +12,7 @@ COMMANDS = (
     "train",
     "sample",
     "evaluate",
+    "evaluate-sweep",
     "export",
     "flops",
     "submit",
