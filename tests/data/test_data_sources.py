@@ -76,3 +76,34 @@ def test_autoencoders(tmp_path):
     assert identity.decode(gray * 3).abs().max() == 1
     with pytest.raises(ValueError, match="expected images"):
         identity.encode_moments(images)
+
+
+def test_high_bit_depth_images_are_scaled_or_skipped_and_listed(tmp_path, encode):
+    """16-bit PNGs used to be clipped at 255 by PIL's convert (a mid-grey gradient came out ~98 %
+    white); now they are scaled, and modes without a known range are skipped and listed."""
+    import json
+
+    folder = tmp_path / "images" / "class_0"
+    folder.mkdir(parents=True)
+    gradient = (np.arange(16 * 16, dtype=np.float64).reshape(16, 16) * (65535 / 255)).astype(np.uint16)
+    Image.fromarray(gradient).save(folder / "gray16.png")  # opens as mode "I;16"
+    Image.fromarray(gradient.astype(np.int32) * 2 + 70000).save(folder / "int32.tif")  # "I", out of range
+    Image.fromarray(np.full((16, 16), 0.5, np.float32)).save(folder / "float.tif")  # "F"
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(folder / "rgb8.png")
+
+    item = list_source(SourceConfig(kind="folder", path=str(tmp_path / "images"))).items
+    by_name = {i.key.rsplit("/", 1)[-1]: i for i in item}
+    image = load_image(by_name["gray16.png"])
+    assert image.mode.startswith("I;16")
+    x = to_model_input(image, 16, 1)[0].double()
+    expected = torch.from_numpy(np.round(gradient / 65535 * 255) / 127.5 - 1.0)
+    assert torch.allclose(x, expected, atol=1e-6)
+    assert (x > 0.99).double().mean() < 0.05  # not clipped to white
+    assert torch.allclose(to_model_input(load_image(by_name["rgb8.png"]), 16, 3), torch.tensor(90 / 127.5 - 1.0))
+
+    cfg, summary = encode(tmp_path / "run", f"source.path={tmp_path / 'images'}", "autoencoder.kind=identity",
+                          "autoencoder.image_channels=1", "resolution=16", "ray.num_workers=0")
+    manifest = json.loads((tmp_path / "run" / "latents" / "manifest.json").read_text())
+    assert manifest["num_items"] == 2 and summary.skipped_images == 2
+    skipped = {s["key"].rsplit("/", 1)[-1]: s["error"] for s in manifest["skipped"]}
+    assert "'F'" in skipped["float.tif"] and "not 16-bit" in skipped["int32.tif"]
