@@ -24,6 +24,7 @@ import yaml
 from lamamba import storage
 from lamamba.config import ConfigError, config_hash, redacted, to_dict
 from lamamba.devices import set_tf32, tf32_enabled
+from lamamba.ops import explain_backend
 from lamamba.run_identity import identity_changes
 from lamamba.training.checkpointer import Checkpointer, step_dir_name
 from lamamba.training.config import TrainConfig
@@ -66,6 +67,20 @@ def record_device(run_dir: str, world: World) -> None:
               "torch_cuda": torch.version.cuda, "tf32": world.device.type == "cuda" and tf32_enabled()}
     with open(os.path.join(run_dir, "device.json"), "w") as f:
         json.dump(record, f, indent=2)
+
+
+def record_scan_backend(run_dir: str, world: World, model_cfg) -> None:
+    """Resolve the selective-scan backend on every rank before anything is built (one that cannot
+    run here raises now, on every rank alike, with the fix); rank 0 logs the choice and its reason
+    and records them in <run_dir>/scan_backend.json."""
+    if model_cfg.backbone != "lamamba":
+        return
+    backend, reason = explain_backend(model_cfg.scan_backend, world.device, model_cfg.d_state)
+    if world.is_main:
+        log.info("selective scan: %s backend (scan_backend=%s: %s)", backend, model_cfg.scan_backend, reason)
+        with open(os.path.join(run_dir, "scan_backend.json"), "w") as f:
+            json.dump({"requested": model_cfg.scan_backend, "backend": backend, "reason": reason,
+                       "device": str(world.device), "d_state": model_cfg.d_state}, f, indent=2)
 
 
 class Trainer:
@@ -267,6 +282,7 @@ def train(cfg: TrainConfig) -> int:
     set_tf32(cfg.engine.tf32)
     setup_logging(cfg.run_dir, world)
     record_device(cfg.run_dir, world)
+    record_scan_backend(cfg.run_dir, world, cfg.model)
     try:
         return Trainer(cfg, world, watcher).run()
     finally:

@@ -36,3 +36,4 @@ def test_cpu_fallback_is_said_and_recorded(tmp_path, digits_manifest):
     assert "WARNING training on cpu: no GPU: torch" in proc.stderr
     record = json.loads((tmp_path / "run" / "device.json").read_text())
     assert record["device"] == "cpu" and record["fallback"] is True and record["world_size"] == 1
+    assert json.loads((tmp_path / "run" / "scan_backend.json").read_text())["backend"] == "torch"
