@@ -178,6 +178,10 @@ class TrainConfig:
     global_batch: int = 256
     max_steps: int = 400_000
     model: ModelConfig = field(default_factory=ModelConfig)
+    # Warm start when there is no checkpoint to resume: the EMA weights of a training run (its newest
+    # committed checkpoint), a checkpoint dir or an exported .safetensors, trained at any resolution
+    # (the positional embedding is interpolated). "" = a fresh initialisation.
+    init_from: str = ""
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     # Decodes the EMA sample grids to images; None shows the latents' first channels.
     autoencoder: AutoencoderConfig | None = None

@@ -83,6 +83,24 @@ def record_scan_backend(run_dir: str, world: World, model_cfg) -> None:
                        "device": str(world.device), "d_state": model_cfg.d_state}, f, indent=2)
 
 
+def warm_start(model: torch.nn.Module, cfg_model, init_from: str) -> None:
+    """Load the EMA weights named by ``init_from`` (a run, checkpoints or checkpoint dir, or a
+    .safetensors) into ``model``; another resolution is fine, another architecture is refused."""
+    from lamamba.models.io import read_model_file
+    from lamamba.training.checkpointer import resolve_checkpoint
+
+    url = init_from if init_from.endswith(".safetensors") else storage.join(resolve_checkpoint(init_from),
+                                                                            "ema.safetensors")
+    state_dict, source_cfg, _ = read_model_file(url)
+    source, target = to_dict(source_cfg.replace(input_size=cfg_model.input_size)), to_dict(cfg_model)
+    differing = sorted(k for k in source if source[k] != target[k] and k not in ("class_dropout_prob", "scan_backend"))
+    if differing:
+        raise ConfigError(f"init_from: {url} holds a different architecture ({', '.join(differing)} differ); "
+                          "a warm start changes only the resolution")
+    model.load_state_dict_resized(state_dict)
+    log.info("warm start from %s (latent side %d -> %d)", url, source_cfg.input_size, cfg_model.input_size)
+
+
 class Trainer:
     """One training run of ``cfg`` on this process's rank of ``world``."""
 
@@ -127,6 +145,8 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = build_model(cfg.model)
+        if cfg.init_from and self.resume_step is None:
+            warm_start(model, cfg.model, cfg.init_from)
         model.set_activation_checkpointing(cfg.engine.activation_checkpointing)
         num_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
         self.engine = build_engine(model, cfg, self.plan)

@@ -13,6 +13,7 @@ COMMANDS = (
     "sample",
     "evaluate",
     "evaluate-sweep",
+    "scaling-sweep",
     "export",
     "flops",
     "submit",

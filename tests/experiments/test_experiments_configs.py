@@ -44,3 +44,51 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert err.startswith("lamamba evaluate-sweep: config error: guidance_scales") and "\n" not in err
     assert main(["evaluate-sweep", f"run_dir={tmp_path}"]) == 2
     assert "give a training run or a list of checkpoints" in capsys.readouterr().err
+
+
+def test_shipped_scaling_config_loads_and_wires_the_warm_starts():
+    from launcher.scaling import load_scaling_config, training_overrides
+
+    cfg = load_scaling_config("configs/scaling/paper_comparison.yaml", ["submit.runs_root=/r"])
+    by_name = {r.name: r for r in cfg.runs}
+    assert training_overrides(cfg, by_name["dit-xl2-256"])[-1] == "model.input_size=32"
+    warm = training_overrides(cfg, by_name["lamamba-xl-512"])
+    assert "model.input_size=64" in warm and warm[-1] == "init_from=/r/lamamba-xl-256"
+    with pytest.raises(ConfigError, match="names must be unique"):
+        load_scaling_config("configs/scaling/paper_comparison.yaml", ["runs=[{name: a, config: x}, {name: a, config: y}]"])
+    with pytest.raises(ConfigError, match="not divisible by latent_downsample"):
+        load_scaling_config(None, ["runs=[{name: a, config: x, resolution: 100}]"])
+
+
+def test_scaling_submit_dry_run_renders_every_run(tmp_path, capsys):
+    assert main(["scaling-sweep", "configs/scaling/paper_comparison.yaml", "submit", f"submit.runs_root={tmp_path}",
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("would submit") == 4 and "#SBATCH --nodes=4" in out and "--job-name=dit-xl2-512" in out
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_warm_start_interpolates_the_positions_and_refuses_another_architecture(tmp_path):
+    import torch
+
+    from lamamba.models import ModelConfig, build_model
+    from lamamba.models.embeddings import resize_pos_embed
+    from lamamba.models.io import save_model_weights
+    from lamamba.training.trainer import warm_start
+
+    small = ModelConfig(preset="tiny", input_size=8, in_channels=1, num_classes=10)
+    source = build_model(small)
+    with torch.no_grad():
+        source.pos_embed.normal_()
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000004"
+    ckpt.mkdir(parents=True)
+    save_model_weights(str(ckpt / "ema.safetensors"), source.state_dict(), small)
+    (ckpt / "COMMITTED").write_text("")
+    large_cfg = small.replace(input_size=16)
+    large = build_model(large_cfg)
+    warm_start(large, large_cfg, str(tmp_path / "run"))  # a run dir: its newest committed checkpoint
+    torch.testing.assert_close(large.pos_embed, resize_pos_embed(source.pos_embed.detach(), 16))
+    torch.testing.assert_close(large.final_layer.linear.weight, source.final_layer.linear.weight)
+    dit_cfg = ModelConfig(preset="DiT-tiny/2", input_size=16, in_channels=1, num_classes=10)
+    with pytest.raises(ConfigError, match="different architecture.*preset"):
+        warm_start(build_model(dit_cfg), dit_cfg, str(ckpt))

@@ -1,7 +1,7 @@
 """The evaluation sweep on the digits quickstart data: a tiny DiT trained by `lamamba train`
 (2 committed checkpoints), swept over 2 guidance scales with the digit classifier's features.
 The table, the plots' data and TensorBoard agree; a killed sweep resumes computing only the
-missing shards and ends with the same numbers."""
+missing shards and ends with the same numbers; the scaling sweep collects the runs' figures."""
 
 import csv
 import json
@@ -70,7 +70,8 @@ def setup(tmp_path_factory, digits_manifest):
 
 @pytest.fixture(scope="module")
 def swept(setup):
-    cfg = load_config(EvalSweepConfig, setup["config"], [f"run_dir={setup['root'] / 'sweep'}"])
+    # where the scaling sweep of test_scaling_sweep_collects_the_runs keeps this run's evaluation
+    cfg = load_config(EvalSweepConfig, setup["config"], [f"run_dir={setup['root'] / 'scaling' / 'eval' / 'dit-run'}"])
     return cfg, run_eval_sweep(cfg)
 
 
@@ -173,3 +174,25 @@ def test_watch_stops_at_the_runs_last_step_and_steps_are_checked(setup, swept):
         run_eval_sweep(load_config(EvalSweepConfig, setup["config"], ["steps=[3]"]))
     with pytest.raises(ConfigError, match="sample.checkpoint"):
         load_config(EvalSweepConfig, setup["config"], ["sample.checkpoint=x"])
+
+
+def test_scaling_sweep_collects_the_runs(setup, swept, digits_manifest):
+    from launcher.scaling import collect, evaluate_runs, load_scaling_config
+
+    cfg = load_scaling_config(None, [
+        f"run_dir={setup['root'] / 'scaling'}", f"submit.runs_root={setup['root']}", "latent_downsample=1",
+        f"runs=[{{name: dit-run, config: configs/train/dit_tiny_digits.yaml, resolution: 8}}, "
+        f"{{name: lamamba-tiny, config: configs/train/tiny_digits.yaml, warm_start: dit-run}}]",
+        f"evaluate={json.dumps(yaml.safe_load(setup['config'].read_text()))}"])
+    lines = evaluate_runs(cfg)  # dit-run's evaluation is the module's sweep: nothing left to compute
+    assert lines == ["dit-run: 4 points (0 shards sampled now)", "lamamba-tiny: no committed checkpoint yet"]
+    collect(cfg)
+    rows = read_table(str(setup["root"] / "scaling" / "results.csv"))
+    assert [r.label for r in rows] == ["dit-run"] * 4 + ["lamamba-tiny"]
+    metrics = [json.loads(line) for line in (setup["root"] / "dit-run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0].images_per_s == sorted(m["images_per_s"] for m in metrics[1:])[len(metrics[1:]) // 2]
+    assert rows[0].peak_memory_gib == max(m["peak_memory_gib"] for m in metrics)
+    assert [r.fid for r in rows[:4]] == [r.fid for r in swept[1]["rows"]]
+    tiny = rows[4]
+    assert tiny.fid is None and tiny.step is None and tiny.gflops > 0 and tiny.images_per_s is None
+    assert (setup["root"] / "scaling" / "plots" / "fid_vs_gflops.png").exists()
