@@ -101,14 +101,21 @@ class WindowAttention(nn.Module):
         if self.shift:
             x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
         windows = window_partition(x, wh, ww)  # (B*nW, N, C)
-        n = wh * ww
-        qkv = self.qkv(windows).view(-1, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        n, heads = wh * ww, self.num_heads
+        qkv = self.qkv(windows).view(-1, n, 3, heads, self.head_dim)
         bias = self.relative_position_bias_table[self.relative_position_index.flatten()]
-        bias = bias.view(n, n, self.num_heads).permute(2, 0, 1)  # (heads, N, N)
-        if self.attn_mask is not None:
-            bias = bias[None] + self.attn_mask[:, None]  # (nW, heads, N, N)
-            bias = bias.repeat(b, 1, 1, 1)
+        bias = bias.view(n, n, heads).permute(2, 0, 1)  # (heads, N, N)
+        if self.attn_mask is None:  # one bias for every window: broadcast over B*nW
+            qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B*nW, heads, N, hd)
+        else:
+            # The mask differs per window but not per image: windows join the heads, (B, nW*heads),
+            # so a (1, nW*heads, N, N) mask broadcasts over the batch instead of being copied B times.
+            num_windows = self.attn_mask.shape[0]
+            qkv = qkv.view(b, num_windows, n, 3, heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
+            qkv = qkv.reshape(3, b, num_windows * heads, n, self.head_dim)
+            bias = (bias[None] + self.attn_mask[:, None]).reshape(1, num_windows * heads, n, n)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias.to(qkv.dtype))
+        out = out.reshape(-1, heads, n, self.head_dim)  # (B*nW, heads, N, hd)
         out = self.proj(out.transpose(1, 2).reshape(-1, n, c))
         x = window_reverse(out, wh, ww, h, w)
         if self.shift:

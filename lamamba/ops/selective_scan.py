@@ -200,9 +200,12 @@ def _swap_last_two(x: torch.Tensor) -> torch.Tensor:
     """(batch, P, Q) -> a new contiguous float32 (batch, Q, P), one 2-D transposed copy per batch item.
 
     torch copies a transposed 2-D matrix into a contiguous one blockwise, about 3x faster on CPU than
-    the general strided copy that ``permute(...).contiguous()`` falls back to for 3-D tensors.
+    the general strided copy that ``permute(...).contiguous()`` falls back to for 3-D tensors. On
+    other devices one transposed copy of the whole tensor (one kernel, not one per batch item).
     """
     out = x.new_empty(x.shape[0], x.shape[2], x.shape[1], dtype=torch.float32)
+    if x.device.type != "cpu":
+        return out.copy_(x.transpose(1, 2))
     for dst, src in zip(out, x):
         dst.copy_(src.t())
     return out

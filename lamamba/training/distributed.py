@@ -88,15 +88,13 @@ def barrier() -> None:
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum a small float64 tensor over ranks (in place on a copy); identity without a group."""
+    """Sum a small float64 tensor over ranks (on a copy, on the device the backend needs); the
+    result is on the CPU. Identity without a group."""
     out = values.clone()
     if dist.is_initialized() and dist.get_world_size() > 1:
-        backend = dist.get_backend()
-        if backend == "nccl":
-            out = out.cuda()
+        out = out.to("cuda" if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        out = out.cpu()
-    return out
+    return out.cpu()
 
 
 def broadcast_object(obj, src: int = 0):

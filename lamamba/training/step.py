@@ -27,7 +27,7 @@ VECTOR = QCOUNT + NUM_QUARTERS
 
 @dataclass
 class StepResult:
-    sums: torch.Tensor  # (VECTOR,) float64, this rank's sums
+    sums: torch.Tensor  # (VECTOR,) float64 on the rank's device, this rank's sums
     grad_norm: float | None  # global, from DeepSpeed
     applied: bool  # False when DeepSpeed skipped the update (non-finite gradients)
     lr: float  # the learning rate the step used
@@ -58,7 +58,8 @@ class DiffusionTrainStep:
         t, noise = training_draws(self.seed, keys, num_t, x.shape[1:], device=self.device)
         drop = PerSampleGenerators(self.seed, "label_drop", keys).rand(device=self.device) < self.class_dropout_prob
         lr = float(self.engine.get_lr()[0])
-        sums = torch.zeros(VECTOR, dtype=torch.float64)
+        # The sums stay on the device: no host synchronisation per micro-batch.
+        sums = torch.zeros(VECTOR, dtype=torch.float64, device=self.device)
         mb = self.plan.micro_batch
         for start in range(0, x.shape[0], mb):
             part = slice(start, start + mb)
@@ -66,13 +67,13 @@ class DiffusionTrainStep:
                                                    model_kwargs={"y": y[part], "drop_mask": drop[part]})
             self.engine.backward(terms["loss"].mean())
             self.engine.step()  # applies the update at the last micro-batch only
-            loss = terms["loss"].detach().double().cpu()
+            loss = terms["loss"].detach().double()
             sums[LOSS] += loss.sum()
-            sums[MSE] += terms["mse"].detach().double().sum().cpu()
-            sums[VB] += terms["vb"].detach().double().sum().cpu()
+            sums[MSE] += terms["mse"].detach().double().sum()
+            sums[VB] += terms["vb"].detach().double().sum()
             sums[COUNT] += loss.numel()
-            quarter = (t[part].cpu() * NUM_QUARTERS) // num_t
-            sums[QSUM:QCOUNT] += torch.zeros(NUM_QUARTERS, dtype=torch.float64).index_add_(0, quarter, loss)
-            sums[QCOUNT:VECTOR] += torch.bincount(quarter, minlength=NUM_QUARTERS).double()
+            quarter = (t[part] * NUM_QUARTERS) // num_t
+            sums[QSUM:QCOUNT].index_add_(0, quarter, loss)
+            sums[QCOUNT:VECTOR].index_add_(0, quarter, torch.ones_like(loss))
         norm = self.engine.get_global_grad_norm()
         return StepResult(sums, None if norm is None else float(norm), bool(self.engine.was_step_applied()), lr)
