@@ -52,19 +52,58 @@ def local_config(run_dir: str) -> str:
     return path
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first), from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        found.append(todo.pop(0))
+        todo.extend(children.get(found[-1], []))
+    return found
+
+
+def _ignore_preemption_signal() -> None:
+    """In the child before exec: SIGUSR1 ignored (kept across exec), so torchrun and other
+    processes that do not handle it survive it; the trainer installs its own handler."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 class Supervisor:
-    """Runs the job command, forwards SIGTERM/SIGINT to it, and starts it again after a failure."""
+    """Runs the job command and starts it again after a failure.
+
+    SIGTERM/SIGINT (a cancel) are passed to the job as SIGTERM; it is killed when it outlives
+    them by ``stop_grace_s``. SIGUSR1 (a preemption notice: SLURM's signal before the time limit)
+    is passed to every process of the job, so the training ranks under torchrun get it directly,
+    commit a checkpoint and exit 0; the scheduler decides how long that may take.
+    """
 
     def __init__(self, max_restarts: int, stop_grace_s: float = 60.0):
         self.max_restarts = max_restarts
         self.stop_grace_s = stop_grace_s
         self.child: subprocess.Popen | None = None
         self.stopping = False
-        self.stop_time = 0.0
+        self.kill_at = float("inf")
 
     def _on_signal(self, signum, _frame) -> None:
-        if not self.stopping:
-            self.stopping, self.stop_time = True, time.monotonic()
+        self.stopping = True
+        if signum == signal.SIGUSR1:
+            print("[lamamba] SIGUSR1 (preemption): passing it to the job's processes", flush=True)
+            if self.child is not None:
+                for pid in [self.child.pid, *descendants(self.child.pid)]:
+                    try:
+                        os.kill(pid, signal.SIGUSR1)
+                    except ProcessLookupError:
+                        pass
+            return
+        self.kill_at = min(self.kill_at, time.monotonic() + self.stop_grace_s)
         if self.child is not None and self.child.poll() is None:
             self.child.send_signal(signal.SIGTERM)
 
@@ -75,7 +114,7 @@ class Supervisor:
             try:
                 return self.child.wait(timeout=1.0)
             except subprocess.TimeoutExpired:
-                if self.stopping and time.monotonic() - self.stop_time > self.stop_grace_s:
+                if time.monotonic() > self.kill_at:
                     print(f"[lamamba] the job is still running {self.stop_grace_s:.0f} s after the stop "
                           f"signal; killing it", flush=True)
                     self.child.kill()
@@ -85,8 +124,8 @@ class Supervisor:
 
         Returns (state, exit code of the last attempt, attempts).
         """
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(signum, self._on_signal)
         attempt, rc = 0, 1
         while attempt <= self.max_restarts and not self.stopping:
             attempt += 1
@@ -95,32 +134,37 @@ class Supervisor:
                       f"{attempt - 1}/{self.max_restarts}, resuming from the last complete checkpoint",
                       flush=True)
             print(f"[lamamba] starting: {subprocess.list2cmdline(cmd)}", flush=True)
-            self.child = subprocess.Popen(cmd)
+            self.child = subprocess.Popen(cmd, preexec_fn=_ignore_preemption_signal)
             if self.stopping:  # the signal came while the child was being started
                 self.child.send_signal(signal.SIGTERM)
             rc = self._wait()
-            if self.stopping:  # cancelled: a job that checkpointed and exited 0 has not finished
+            if self.stopping:  # cancelled or preempted: a job that checkpointed and exited 0 has not finished
                 return runs.STOPPED, rc, attempt
             if rc == 0:
                 return runs.SUCCEEDED, 0, attempt
         return runs.FAILED, rc, attempt
 
 
-def job_process_command(args: argparse.Namespace, config: str) -> tuple[list[str], int]:
-    """The command this entrypoint supervises, and this node's rank."""
+def job_process_command(args: argparse.Namespace, config: str) -> tuple[list[str], int, int]:
+    """The command this entrypoint supervises, this node's rank, and how often the entrypoint
+    itself restarts it (a multi-node SLURM job restarts inside torchrun, on every node at once)."""
     job = job_command(args.job, config, args.run_dir, python=args.python)
     module_args = job[1:]  # "-m launcher.cli JOB CONFIG run_dir=..."
     if not JOBS[args.job].distributed:
-        return job, 0
+        return job, 0, args.max_restarts
     if args.rendezvous == "standalone":
         log_dir = rank_log_dir(args.run_dir, 0)
-        return torchrun_prefix(args.python, 1, args.nproc_per_node, log_dir=log_dir) + module_args, 0
+        return torchrun_prefix(args.python, 1, args.nproc_per_node, log_dir=log_dir) + module_args, 0, args.max_restarts
     if args.rendezvous == "slurm":
         rdzv = rendezvous_from_env(os.environ)
+        multi = rdzv.nnodes > 1
         prefix = torchrun_prefix(args.python, rdzv.nnodes, args.nproc_per_node, rdzv.node_rank, rdzv.master_addr,
-                                 rdzv.master_port, rank_log_dir(args.run_dir, rdzv.node_rank))
-        return prefix + module_args, rdzv.node_rank
-    return ray_torchrun_command(args.python, args.nnodes, args.nproc_per_node, module_args), 0
+                                 rdzv.master_port, rank_log_dir(args.run_dir, rdzv.node_rank),
+                                 rdzv_id=f"slurm-{rdzv.job_id}", max_restarts=args.max_restarts if multi else 0)
+        return prefix + module_args, rdzv.node_rank, 0 if multi else args.max_restarts
+    gpus_per_node = 0 if args.cpu else args.nproc_per_node
+    return (ray_torchrun_command(args.python, args.nnodes, args.nproc_per_node, gpus_per_node, module_args), 0,
+            args.max_restarts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc-per-node", type=int, default=1)
     p.add_argument("--max-restarts", type=int, default=0)
     p.add_argument("--python", default=sys.executable, help="interpreter of the job processes")
+    p.add_argument("--cpu", action="store_true", help="CPU ranks: reserve no GPUs for them (Ray placement)")
     p.add_argument("--stop-grace", type=float, default=60.0,
                    help="seconds a job may take to checkpoint and exit after SIGTERM before it is killed")
     return p
@@ -141,13 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cmd, node_rank = job_process_command(args, local_config(args.run_dir))
+        cmd, node_rank, restarts = job_process_command(args, local_config(args.run_dir))
     except SlurmEnvError as err:
         print(f"[lamamba] cannot join the SLURM job: {err}", file=sys.stderr, flush=True)
         return 2
     if node_rank == 0:  # a requeued or restarted job starts without the last attempt's ending
         runs.clear_outcome(args.run_dir)
-    state, rc, attempts = Supervisor(args.max_restarts, args.stop_grace).run(cmd)
+    state, rc, attempts = Supervisor(restarts, args.stop_grace).run(cmd)
     print(f"[lamamba] {args.job} {state.lower()} (exit code {rc}, {attempts} attempt(s))", flush=True)
     if node_rank == 0:  # last: whoever sees the outcome also sees the whole log
         runs.write_outcome(args.run_dir, state, rc, attempts)

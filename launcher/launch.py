@@ -42,7 +42,8 @@ class Submitted:
 
 
 def submit_run(job: str, config_path: str | None, overrides: list[str], backend_name: str, *,
-               nodes: int = 1, gpus_per_node: int = 1, max_restarts: int = 0, python: str = sys.executable,
+               nodes: int = 1, gpus_per_node: int = 1, gpus: bool = True, max_restarts: int = 0,
+               python: str = sys.executable,
                runs_root: str | None = None, run_id: str | None = None, options: dict[str, Any] | None = None,
                dry_run: bool = False, new_run: bool = False) -> Submitted:
     """Validate, fix the run dir, render and (unless ``dry_run``) submit one run.
@@ -79,7 +80,7 @@ def submit_run(job: str, config_path: str | None, overrides: list[str], backend_
     elif not new_run:
         _check_no_sibling(job, config_path, root, run_id, saved, type(cfg))
     sub = Submission(job=job, run_id=run_id, run_dir=run_dir, nodes=nodes, gpus_per_node=gpus_per_node,
-                     max_restarts=max_restarts, python=python,
+                     gpus=gpus, max_restarts=max_restarts, python=python,
                      submissions=(previous.submissions + 1) if previous else 1, options=dict(options or {}))
     artifact = backend.render(sub)
     if dry_run:

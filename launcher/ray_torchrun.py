@@ -16,10 +16,17 @@ import sys
 from launcher.torchrun import torchrun_prefix
 
 
-def ray_torchrun_command(python: str, nnodes: int, nproc_per_node: int, module_args: list[str]) -> list[str]:
+def ray_torchrun_command(python: str, nnodes: int, nproc_per_node: int, gpus_per_node: int,
+                         module_args: list[str]) -> list[str]:
     """The driver command that places ``nnodes`` torchruns running ``python <module_args>``."""
     return [python, "-m", "launcher.ray_torchrun", f"--nnodes={nnodes}", f"--nproc-per-node={nproc_per_node}",
-            f"--python={python}", "--", *module_args]
+            f"--gpus-per-node={gpus_per_node}", f"--python={python}", "--", *module_args]
+
+
+def node_bundle(gpus_per_node: int) -> dict[str, float]:
+    """The resources one node's torchrun reserves: what the submission asked for, never what the
+    cluster happens to have now (an autoscaler may still be adding the GPU nodes)."""
+    return {"CPU": 1, **({"GPU": gpus_per_node} if gpus_per_node else {})}
 
 
 def _die_with_parent() -> None:
@@ -38,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nnodes", type=int, required=True)
     p.add_argument("--nproc-per-node", type=int, required=True)
+    p.add_argument("--gpus-per-node", type=int, required=True, help="GPUs each node's bundle reserves (0: CPU ranks)")
     p.add_argument("--python", default=sys.executable)
     p.add_argument("module_args", nargs=argparse.REMAINDER, help="after '--': the arguments of each rank")
     args = p.parse_args(argv)
@@ -51,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     ray.init(address="auto")
-    gpus = args.nproc_per_node if ray.cluster_resources().get("GPU", 0) else 0
-    bundle = {"CPU": 1, **({"GPU": gpus} if gpus else {})}
+    bundle = node_bundle(args.gpus_per_node)
     pg = placement_group([bundle] * args.nnodes, strategy="STRICT_SPREAD" if args.nnodes > 1 else "PACK")
     print(f"[lamamba] waiting for {args.nnodes} node(s) with {bundle} each (an autoscaler may be adding them)",
           flush=True)
@@ -67,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             s.bind(("", 0))
             return ray.util.get_node_ip_address(), s.getsockname()[1]
 
-    @ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)
+    @ray.remote(num_cpus=1, num_gpus=args.gpus_per_node, max_retries=0)
     def node_torchrun(node_rank: int, master_addr: str, master_port: int) -> int:
         cmd = torchrun_prefix(args.python, args.nnodes, args.nproc_per_node, node_rank, master_addr, master_port)
+        print(f"[lamamba] node rank {node_rank}: torchrun on {ray.util.get_node_ip_address()}", flush=True)
         return subprocess.call(cmd + module_args, preexec_fn=_die_with_parent)
 
     master_addr, master_port = ray.get(rendezvous_address.options(scheduling_strategy=on_bundle(0)).remote())

@@ -11,12 +11,29 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from cluster.local.hosts import Host, Network
 from cluster.local.procs import start, stop, wait_until
 
 GCS_PORT, DASHBOARD_PORT = 6379, 8265  # each host is its own network namespace: no clash
+
+
+def takes_jobs(address: str, timeout_s: float = 60.0) -> bool:
+    """Whether the job server at ``address`` runs a no-op job to the end: it answers HTTP before
+    its agent can take jobs ("No available agent to submit job")."""
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        client = JobSubmissionClient(address)
+        job = client.submit_job(entrypoint="true")
+    except (ConnectionError, RuntimeError):
+        return False
+    deadline = time.monotonic() + timeout_s
+    while not (status := client.get_job_status(job)).is_terminal() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return status.value == "SUCCEEDED"
 
 
 def _ray_cli() -> str:
@@ -42,6 +59,7 @@ class RayCluster:
             for h in network.hosts[1:]:
                 self._start(h, [f"--address={self.gcs}"])
             wait_until(lambda: self.alive_nodes() == len(network.hosts), "every Ray node to join", 120, poll_s=1.0)
+            wait_until(self._takes_jobs, "the Ray job server to take jobs", 120, poll_s=1.0)
         except BaseException:
             self.close()
             raise
@@ -67,6 +85,11 @@ class RayCluster:
         host, port = self.gcs.split(":")
         probe = [sys.executable, "-c", f"import socket; socket.create_connection(('{host}', {port}), timeout=2)"]
         return self.run(probe, timeout=30).returncode == 0
+
+    def _takes_jobs(self) -> bool:
+        probe = [sys.executable, "-c", f"import sys; from cluster.local.ray import takes_jobs; "
+                 f"sys.exit(not takes_jobs('{self.address}'))"]
+        return self.run(probe, timeout=90).returncode == 0
 
     def alive_nodes(self) -> int:
         """How many nodes the head counts as alive (0 while its job server is not up)."""

@@ -62,19 +62,22 @@ def unavailable() -> str:
 
 
 class SlurmCluster:
-    """munged + slurmctld + one slurmd per host of ``network``; :meth:`close` stops them by PID."""
+    """munged + slurmctld + one slurmd on each of the first ``nodes`` hosts of ``network`` (all
+    by default); :meth:`close` stops them by PID."""
 
-    def __init__(self, network: Network, root: Path, cpus_per_node: int = 2, kill_wait_s: int = 30):
+    def __init__(self, network: Network, root: Path, cpus_per_node: int = 2, kill_wait_s: int = 30,
+                 nodes: int = 0):
         self.network, self.root = network, Path(root)
+        self.hosts = network.hosts[:nodes or len(network.hosts)]
         self.procs: list[subprocess.Popen] = []
-        for sub in ("state", "run", "log", "munge", *(f"spool/{h.hostname}" for h in network.hosts)):
+        for sub in ("state", "run", "log", "munge", *(f"spool/{h.hostname}" for h in self.hosts)):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.root / "munge", 0o700)
         self.munge_socket = self.root / "munge" / "munge.socket"
         self.conf = self.root / "slurm.conf"
         ctl = network.hosts[0]
         nodes = "\n".join(f"NodeName={h.hostname} NodeAddr={h.address} CPUs={cpus_per_node} State=UNKNOWN"
-                          for h in network.hosts)
+                          for h in self.hosts)
         self.conf.write_text(SLURM_CONF.format(
             ctl_name=ctl.hostname, ctl_addr=ctl.address, ctld_port=SLURMCTLD_PORT, slurmd_port=SLURMD_PORT,
             munge_socket=self.munge_socket, root=self.root, kill_wait=kill_wait_s, nodes=nodes))
@@ -102,7 +105,7 @@ class SlurmCluster:
         env = self.env()
         ctl, ctl_log = self.network.hosts[0], self.root / "log" / "slurmctld.out"
         self.procs.append(start(ctl.command(["slurmctld", "-D", "-i", "-f", str(self.conf)]), ctl_log, env))
-        for h in self.network.hosts:
+        for h in self.hosts:
             self.procs.append(start(h.command(["slurmd", "-D", "-f", str(self.conf), "-N", h.hostname]),
                                     self.root / "log" / f"slurmd-{h.hostname}.out", env))
         wait_until(self._all_idle, "every slurmd to register as idle", 90, poll_s=0.5,
@@ -119,7 +122,7 @@ class SlurmCluster:
     def _all_idle(self) -> bool:
         out = self.run("sinfo", "--noheader", "--Node", "--format=%N %T", check=False).split()
         states = dict(zip(out[::2], out[1::2]))
-        return all(states.get(h.hostname) == "idle" for h in self.network.hosts)
+        return all(states.get(h.hostname) == "idle" for h in self.hosts)
 
     def close(self) -> None:
         """Cancel every job, wait (bounded) for them to go, then stop the daemons by PID."""

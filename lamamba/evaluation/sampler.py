@@ -15,6 +15,8 @@ Within a shard the batches are the same whatever the fan-out, so the bytes are t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import os
 
 import numpy as np
@@ -33,6 +35,8 @@ from lamamba.evaluation.shards import (METADATA, ShardPlan, done_name, done_shar
 from lamamba.models.io import load_model, read_model_file
 from lamamba.ray_runtime import in_ray_job, ray_session
 from lamamba.rng import PerSampleGenerators
+
+log = logging.getLogger(__name__)
 
 
 def weights_url(checkpoint: str) -> str:
@@ -220,11 +224,25 @@ def _run_ray(cfg: SampleConfig, shards: list[int]) -> list[int]:
         return _run_actors(ray, cfg, shards)
 
 
+def actor_plan(cfg: SampleConfig) -> tuple[SampleConfig, dict[str, float]]:
+    """The config each Ray actor samples with and the resources it reserves: an actor computes on
+    a GPU only if it reserved one (``ray.gpus_per_worker``), never on one Ray gave to another."""
+    gpus = cfg.ray.gpus_per_worker
+    if gpus <= 0 and cfg.device.startswith("cuda"):
+        raise ConfigError(f"device={cfg.device} with launcher=ray needs ray.gpus_per_worker > 0: "
+                          f"each Ray worker reserves the GPU it samples on")
+    if gpus <= 0 and cfg.device == "auto":
+        log.warning("ray.gpus_per_worker=0: the Ray workers reserve no GPU, so they sample on CPU "
+                    "(set ray.gpus_per_worker=1 to sample on GPUs)")
+        cfg = dataclasses.replace(cfg, device="cpu")
+    return cfg, {"num_gpus": gpus, "num_cpus": cfg.ray.cpus_per_worker}
+
+
 def _run_actors(ray, cfg: SampleConfig, shards: list[int]) -> list[int]:
     from ray.util import ActorPool
 
-    actor_cls = ray.remote(_RayShardWorker).options(num_gpus=cfg.ray.gpus_per_worker,
-                                                   num_cpus=cfg.ray.cpus_per_worker)
+    cfg, resources = actor_plan(cfg)
+    actor_cls = ray.remote(_RayShardWorker).options(**resources)
     actors = [actor_cls.remote(cfg) for _ in range(min(cfg.ray.num_workers, len(shards)))]
     plan = ShardPlan(cfg.num_samples, cfg.shard_size)
     finished = []

@@ -26,6 +26,7 @@ class Submission:
     run_dir: str
     nodes: int = 1
     gpus_per_node: int = 1  # processes per node for training (ranks on CPU where there is no GPU)
+    gpus: bool = True  # False: CPU ranks; the scheduler is asked for no GPUs
     max_restarts: int = 0
     python: str = "python"
     submissions: int = 1  # how many times this run has been submitted, this one included
@@ -35,7 +36,7 @@ class Submission:
         """``-m launcher.entrypoint ...``: what each backend starts on the compute side."""
         return ["-m", "launcher.entrypoint", self.job, f"--run-dir={self.run_dir}", f"--rendezvous={rendezvous}",
                 f"--nnodes={self.nodes}", f"--nproc-per-node={self.gpus_per_node}",
-                f"--max-restarts={self.max_restarts}", f"--python={self.python}"]
+                f"--max-restarts={self.max_restarts}", f"--python={self.python}", *([] if self.gpus else ["--cpu"])]
 
 
 class Backend(Protocol):

@@ -14,6 +14,7 @@ from typing import Any
 
 from launcher import runs
 from launcher.backends import Submission, cluster_file, render_template, run_tool
+from launcher.backends.ray import entrypoint_gpus
 from launcher.backends.slurm import default_cpus
 from launcher.errors import LaunchError
 
@@ -33,7 +34,8 @@ class KubeRayBackend:
         return render_template(
             opts.get("template") or cluster_file("kuberay", "rayjob.yaml.j2"),
             name=rayjob_name(sub), run_id=sub.run_id, job=sub.job, nodes=sub.nodes,
-            gpus_per_node=sub.gpus_per_node, max_restarts=sub.max_restarts,
+            gpus_per_node=sub.gpus_per_node if sub.gpus else 0, max_restarts=sub.max_restarts,
+            entrypoint_gpus=entrypoint_gpus(sub),
             entrypoint=shlex.join([sub.python, *sub.entrypoint_args("ray")]),
             namespace=opts.get("namespace") or "default", image=opts.get("image") or "lamamba:latest",
             cpus_per_node=opts.get("cpus_per_task") or default_cpus(sub.gpus_per_node), memory_per_node=opts.get("memory") or f"{32 * max(1, sub.gpus_per_node)}Gi",

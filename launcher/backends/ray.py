@@ -29,8 +29,16 @@ def job_request(sub: Submission) -> dict[str, Any]:
         "submission_id": f"{sub.run_id}-{sub.submissions}",
         "entrypoint": shlex.join([sub.python, *sub.entrypoint_args("ray")]),
         "runtime_env": runtime_env,
+        # The driver runs where these are free: evaluate computes on its driver, so it needs a GPU
+        # node (the head has none); the other jobs' drivers only place their tasks and ranks.
+        "entrypoint_num_gpus": entrypoint_gpus(sub),
         "metadata": {"lamamba_run_id": sub.run_id, "job": sub.job, "run_dir": sub.run_dir},
     }
+
+
+def entrypoint_gpus(sub: Submission) -> int:
+    """GPUs the job's driver reserves: 1 for evaluate (unless --cpu), else 0."""
+    return 1 if sub.job == "evaluate" and sub.gpus and sub.gpus_per_node > 0 else 0
 
 
 def _address(sub_or_handle: dict[str, Any]) -> str:

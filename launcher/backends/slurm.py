@@ -1,14 +1,17 @@
 """The SLURM backend: an sbatch script from cluster/slurm/job.sbatch.j2, watched with squeue/sacct.
 
 The script runs one srun task per node; each task is :mod:`launcher.entrypoint` with the SLURM
-rendezvous (torchrun for training). ``--signal=B:USR1@120 --requeue`` and a trap requeue the job
-before its time limit unless the run has finished; the requeued job resumes in the same run dir.
+rendezvous (torchrun for training). ``--signal=B:USR1@120 --requeue``: the batch script passes
+USR1 on to every process of the job step (the training ranks commit a checkpoint and exit), then
+requeues the job unless the run has finished; the requeued job resumes in the same run dir.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import subprocess
 from typing import Any
 
 from launcher import runs
@@ -34,9 +37,23 @@ def slurm_state(state: str) -> str:
     return _STATES.get(word, runs.FAILED) if word else runs.UNKNOWN
 
 
+# USR1 comes this long before the time limit; the ranks get SAVE_WINDOW_S of it to commit a
+# checkpoint and exit before the requeue, whose SIGTERM leaves them KillWait (30 s by default).
+SIGNAL_LEAD_S = 120
+SAVE_WINDOW_S = 90
+
+
 def default_cpus(gpus_per_node: int) -> int:
     """CPUs a node asks for unless told: 8 per GPU (data loading, checkpoint writing), at least 8."""
     return 8 * max(1, gpus_per_node)
+
+
+def _query(cmd: list[str]) -> str:
+    """A SLURM query's stdout, '' when it fails (a purged job id, no accounting database)."""
+    if shutil.which(cmd[0]) is None:
+        raise LaunchError(f"{cmd[0]} not found on PATH: is this a SLURM login node?")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 class SlurmBackend:
@@ -53,12 +70,13 @@ class SlurmBackend:
         return render_template(
             opts.get("template") or cluster_file("slurm", "job.sbatch.j2"),
             run_id=sub.run_id, job=sub.job, run_dir=shlex.quote(sub.run_dir), nodes=sub.nodes,
-            gpus_per_node=sub.gpus_per_node, distributed=JOBS[sub.job].distributed,
+            gpus_per_node=sub.gpus_per_node, gpus=sub.gpus, distributed=JOBS[sub.job].distributed,
             cpus_per_task=opts.get("cpus_per_task") or default_cpus(sub.gpus_per_node), partition=opts.get("partition") or "",
             account=opts.get("account") or "", time=opts.get("time") or "",
             extra_sbatch=opts.get("sbatch_args") or [], setup=opts.get("setup") or [],
             workdir=shlex.quote(opts.get("workdir") or os.getcwd()),
-            pythonpath=shlex.quote(opts.get("pythonpath") or PROJECT_ROOT), command=command)
+            pythonpath=shlex.quote(opts.get("pythonpath") or PROJECT_ROOT), command=command,
+            signal_lead_s=SIGNAL_LEAD_S, save_window_s=SAVE_WINDOW_S)
 
     def submit(self, sub: Submission, artifact_path: str) -> dict[str, Any]:
         out = run_tool(["sbatch", "--parsable", artifact_path], "SLURM").strip()
@@ -69,13 +87,16 @@ class SlurmBackend:
 
     def status(self, record: runs.RunRecord) -> str:
         job_id = record.handle["job_id"]
-        queued = run_tool(["squeue", "--noheader", "--jobs", job_id, "--format=%T"], "SLURM").strip()
+        # --states=all: also a job that ended less than MinJobAge ago; an id already purged is an error.
+        queued = _query(["squeue", "--noheader", "--states=all", "--jobs", job_id, "--format=%T"])
         if queued:
             return slurm_state(queued.splitlines()[0])
-        # Gone from the queue: the accounting database has the final state (first line = the job).
-        done = run_tool(["sacct", "--noheader", "--allocations", "--parsable2", "--jobs", job_id,
-                         "--format=State"], "SLURM").strip()
-        return slurm_state(done.splitlines()[0]) if done else runs.UNKNOWN
+        # The accounting database has the final state (first line = the job), where there is one.
+        done = _query(["sacct", "--noheader", "--allocations", "--parsable2", "--jobs", job_id, "--format=State"])
+        if done:
+            return slurm_state(done.splitlines()[0])
+        outcome = runs.read_outcome(record.run_dir)  # what the job itself recorded
+        return outcome["state"] if outcome else runs.UNKNOWN
 
     def logs(self, record: runs.RunRecord, rank: int | None = None) -> str:
         if rank is not None:

@@ -68,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes", type=int, default=1, help="nodes (training; Ray/KubeRay worker nodes)")
     parser.add_argument("--gpus-per-node", type=int, default=1,
                         help="GPUs per node = training ranks per node (CPU ranks without GPUs)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="CPU ranks: ask the scheduler for no GPUs (--gpus-per-node then counts ranks)")
     parser.add_argument("--max-restarts", type=int, default=None,
                         help="restarts after a failure (default: 2 on ray/kuberay, else 0)")
     parser.add_argument("--runs-root", default=None,
@@ -108,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     remote_python = args.backend in ("ray", "kuberay")
     submitted = launch.submit_run(
         args.job, args.config, args.overrides, args.backend, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+        gpus=not args.cpu,
         max_restarts=DEFAULT_MAX_RESTARTS[args.backend] if args.max_restarts is None else args.max_restarts,
         python=args.python or ("python" if remote_python else sys.executable), runs_root=args.runs_root,
         run_id=args.run_id, dry_run=args.dry_run, new_run=args.new_run,

@@ -1,8 +1,11 @@
-"""The local cluster of the cluster tests (cluster/local): two network-namespace hosts, SLURM on
-both (munge, slurmctld, two slurmd) and, for the Ray tests, a Ray head and worker. Session-wide;
-torn down by PID. Skipped, saying why, where root or namespaces (or SLURM) are unavailable."""
+"""The local cluster of the cluster tests (cluster/local): three network-namespace hosts, SLURM on
+the first two (munge, slurmctld, two slurmd) and, for the Ray tests, a Ray head and two workers.
+Session-wide; torn down by PID. Skipped, saying why, where root or namespaces (or SLURM) are
+unavailable."""
 
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +30,7 @@ def hosts(cluster_root):
     why = unavailable()
     if why:
         pytest.skip(f"local cluster unavailable: {why}")
-    with Network(2, cluster_root / "net") as net:
+    with Network(3, cluster_root / "net") as net:
         yield net
 
 
@@ -38,7 +41,7 @@ def slurm(hosts, cluster_root):
     why = slurm_unavailable()
     if why:
         pytest.skip(f"SLURM unavailable: {why}")
-    cluster = SlurmCluster(hosts, cluster_root / "slurm", cpus_per_node=2)
+    cluster = SlurmCluster(hosts, cluster_root / "slurm", cpus_per_node=2, nodes=2)
     yield cluster
     cluster.close()
 
@@ -55,7 +58,53 @@ def ray_cluster(hosts, cluster_root):
 def job_env(**extra: str) -> dict:
     """The environment of the processes the cluster runs: this checkout first on the path, one
     thread per process, this interpreter's tools first on PATH (as a cluster image would have)."""
-    import os
-
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra}
+
+
+STEPS = 6  # the tiny digits run of the cluster tests: a checkpoint every 2 steps
+TRAIN_OVERRIDES = [f"max_steps={STEPS}", "monitor.sample_every=0", "engine.activation_checkpointing=none",
+                   "checkpoint.keep_last=10"]
+TRAIN_CONFIG = str(REPO / "configs" / "train" / "tiny_digits.yaml")
+
+
+@pytest.fixture(scope="session")
+def digits_latents(cluster_root):
+    """sklearn's digits as identity 'latents', on the filesystem every host shares."""
+    from data_pipeline import EncodeConfig, run_encode
+    from lamamba.config import load_config
+
+    cfg = load_config(EncodeConfig, None, [f"run_dir={cluster_root / 'encode'}", "source.kind=digits",
+                                           "autoencoder.kind=identity", "autoencoder.image_channels=1",
+                                           "resolution=8", "ray.num_workers=0"])
+    return run_encode(cfg).manifest_url
+
+
+@pytest.fixture(scope="session")
+def reference_run(cluster_root, digits_latents):
+    """The uninterrupted run every interrupted one must reproduce: 2 CPU ranks on one machine."""
+    root = cluster_root / "reference"
+    cmd = [sys.executable, "-m", "launcher.cli", "submit", "train", TRAIN_CONFIG, f"data.manifest={digits_latents}",
+           *TRAIN_OVERRIDES, "--backend", "local", "--gpus-per-node", "2", "--runs-root", str(root), "--follow"]
+    proc = subprocess.run(cmd, cwd=REPO, env=job_env(LAMAMBA_DATA_CACHE=str(cluster_root / "cache")),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def final_weights(run_dir: Path, step: int = STEPS) -> dict:
+    """The model and EMA tensors of a run's checkpoint at ``step``."""
+    from safetensors.torch import load_file
+
+    ckpt = run_dir / "checkpoints" / f"step_{step:08d}"
+    return {name: load_file(ckpt / name) for name in ("consolidated.safetensors", "ema.safetensors")}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    import torch
+
+    for name in a:
+        assert a[name].keys() == b[name].keys(), name
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), f"{name}:{key} differs"

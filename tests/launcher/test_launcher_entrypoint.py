@@ -51,12 +51,39 @@ def test_sigterm_stops_without_restart(tmp_path, on_sigterm, rc):
         os.kill(os.getpid(), signal.SIGTERM)  # what `lamamba cancel` / Ray's stop_job send
 
     threading.Thread(target=cancel_when_ready, daemon=True).start()
-    old = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    old = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)]
     try:
         assert supervisor.run([sys.executable, "-c", job]) == (runs.STOPPED, rc, 1)
     finally:
-        signal.signal(signal.SIGTERM, old[0])
-        signal.signal(signal.SIGINT, old[1])
+        for signum, handler in zip((signal.SIGTERM, signal.SIGINT, signal.SIGUSR1), old):
+            signal.signal(signum, handler)
+
+
+def test_sigusr1_reaches_the_ranks_and_spares_the_launcher(tmp_path):
+    """A preemption notice goes to every process of the job: the rank (here in its own session, as
+    torchrun starts them) checkpoints and exits 0; the launcher in between survives it (it ignores
+    SIGUSR1); the attempt is STOPPED, not SUCCEEDED, and not restarted."""
+    ready, saved = tmp_path / "ready", tmp_path / "saved"
+    rank = (f"import pathlib, signal, sys, time; "
+            f"signal.signal(signal.SIGUSR1, lambda *a: (pathlib.Path({str(saved)!r}).touch(), sys.exit(0))); "
+            f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)")
+    launcher = (f"import subprocess, sys; "
+                f"sys.exit(subprocess.Popen([sys.executable, '-c', {rank!r}], start_new_session=True).wait())")
+
+    def preempt_when_ready():
+        while not ready.exists():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGUSR1)  # what srun forwards from the batch script's trap
+
+    threading.Thread(target=preempt_when_ready, daemon=True).start()
+    old = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)]
+    try:
+        assert Supervisor(max_restarts=3, stop_grace_s=1.0).run([sys.executable, "-c", launcher]) == \
+            (runs.STOPPED, 0, 1)
+    finally:
+        for signum, handler in zip((signal.SIGTERM, signal.SIGINT, signal.SIGUSR1), old):
+            signal.signal(signum, handler)
+    assert saved.exists()
 
 
 def test_torchrun_prefix_single_node_is_standalone():

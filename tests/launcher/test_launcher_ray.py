@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.local.ray import takes_jobs
 from launcher import runs
 from launcher.cli import main
 
@@ -68,6 +69,9 @@ def ray_head():
             except OSError:
                 assert time.monotonic() < deadline, "the Ray head did not come up"
                 time.sleep(0.5)
+        while not takes_jobs(address):  # HTTP answers before the job agent can take jobs
+            assert time.monotonic() < deadline, "the Ray job server takes no jobs"
+            time.sleep(0.5)
         yield address
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # the head's session: ray start and what it started

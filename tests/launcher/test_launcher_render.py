@@ -42,7 +42,8 @@ def test_sbatch_golden(nodes):
     # What must hold whatever the layout: one task per node, requeue before the time limit.
     assert f"#SBATCH --nodes={nodes}\n" in script and "#SBATCH --ntasks-per-node=1\n" in script
     assert "#SBATCH --signal=B:USR1@120\n" in script and "#SBATCH --requeue\n" in script
-    assert "trap requeue_unless_finished USR1" in script and "--rendezvous=slurm" in script
+    assert "trap forward_preemption USR1" in script and "--rendezvous=slurm" in script
+    assert "srun --nodes" in script and "--cpus-per-task=" in script.split("srun --nodes")[1]  # not inherited
 
 
 def test_sbatch_single_node_job_without_gpu_request():

@@ -11,9 +11,11 @@ from launcher import runs
 from launcher.backends.slurm import slurm_state
 from launcher.cli import main
 
-# srun stands for the job step: it records itself and runs until the test (or a requeue) stops it.
+# srun stands for the job step: it records itself and runs until the test stops it or USR1 comes
+# (passed on by the batch script; training checkpoints and exits 0 on it).
 FAKE_SRUN = """#!/bin/sh
 echo "srun $*" >> "$FAKE_DIR/calls.log"
+trap 'echo "srun got USR1" >> "$FAKE_DIR/calls.log"; exit 0' USR1
 echo $$ > "$FAKE_DIR/srun.pid"
 while [ ! -e "$FAKE_DIR/stop" ]; do sleep 0.05; done
 exit 0
@@ -59,7 +61,7 @@ def test_submit_status_logs_cancel(fake_slurm, encode_config, tmp_path, capsys):
     (fake_dir / "squeue.out").write_text("RUNNING\n")
     assert main(["status", run_id, "--runs-root", root]) == 0
     assert " RUNNING " in capsys.readouterr().out
-    assert calls()[-1] == "squeue --noheader --jobs 4242 --format=%T"
+    assert calls()[-1] == "squeue --noheader --states=all --jobs 4242 --format=%T"
 
     # Submitting the same command while it runs is refused (exit 1, one line).
     assert main(["submit", "encode", encode_config, "shard_size=512", "--backend", "slurm", "--runs-root", root]) == 1
@@ -130,7 +132,10 @@ def test_batch_script_requeues_unless_finished(fake_slurm, tmp_path, finished):
         (run_dir / "launch").mkdir(parents=True)
         (run_dir / "launch" / "FINISHED").touch()
     output = _run_batch_script(fake_dir, str(script), finished)
-    srun = [c for c in calls() if c.startswith("srun")]
+    srun = [c for c in calls() if c.startswith("srun --")]
     assert len(srun) == 1 and "--nodes=4 --ntasks-per-node=1" in srun[0] and "--nproc-per-node=2" in srun[0]
     requeues = [c for c in calls() if c.startswith("scontrol")]
     assert requeues == ([] if finished else ["scontrol requeue 4242"]), output
+    # The step got the signal, and the requeue came only after the step had ended.
+    assert "srun got USR1" in calls()
+    assert finished or calls().index("srun got USR1") < calls().index("scontrol requeue 4242")

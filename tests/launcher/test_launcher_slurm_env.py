@@ -60,11 +60,14 @@ def test_entrypoint_starts_torchrun_with_the_slurm_rendezvous(monkeypatch, tmp_p
     for key, value in _env(SLURM_NODEID="2", SLURM_PROCID="2").items():
         monkeypatch.setenv(key, value)
     args = argparse.Namespace(job="train", run_dir=str(tmp_path), rendezvous="slurm", nnodes=4, nproc_per_node=8,
-                              python="python")
-    cmd, node_rank = entrypoint.job_process_command(args, "cfg.yaml")
+                              python="python", max_restarts=2, cpu=False)
+    cmd, node_rank, entrypoint_restarts = entrypoint.job_process_command(args, "cfg.yaml")
     assert node_rank == 2
     assert cmd[:3] == ["python", "-m", "torch.distributed.run"]
-    for flag in ("--nproc-per-node=8", "--nnodes=4", "--node-rank=2", "--master-addr=gpu01",
-                 f"--master-port={port_for_job(4242)}", f"--log-dir={tmp_path}/logs/ranks/node2"):
+    for flag in ("--nproc-per-node=8", "--nnodes=4", "--rdzv-backend=c10d",
+                 f"--rdzv-endpoint=gpu01:{port_for_job(4242)}", "--rdzv-id=slurm-4242", "--rdzv-conf=is_host=false",
+                 f"--log-dir={tmp_path}/logs/ranks/node2"):
         assert flag in cmd
+    # Restarts happen inside torchrun, on every node together; the entrypoint does not add its own.
+    assert "--max-restarts=2" in cmd and entrypoint_restarts == 0
     assert cmd[-5:] == ["-m", "launcher.cli", "train", "cfg.yaml", f"run_dir={tmp_path}"]

@@ -1,0 +1,146 @@
+"""`lamamba submit train --backend slurm` on the real SLURM of the local cluster (two namespace
+hosts): status, logs and cancel against the scheduler; a preemption (USR1 to the batch shell,
+as SLURM sends before the time limit) that reaches the ranks under srun, a checkpoint committed,
+the requeue, and the requeued job resuming to the uninterrupted run's exact weights; a 2-node
+torchrun (c10d rendezvous across the hosts) whose rank on one host is killed mid-run, and that
+restarts on both hosts and resumes to the same weights."""
+
+import datetime as dt
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, STEPS, TRAIN_CONFIG, TRAIN_OVERRIDES, assert_same_weights, final_weights, job_env
+
+pytestmark = pytest.mark.slow
+
+
+class Cli:
+    """`python -m launcher.cli ...` run on a cluster host, with the cluster's SLURM_CONF."""
+
+    def __init__(self, slurm, cluster_root: Path, runs_root: Path):
+        self.slurm, self.runs_root = slurm, runs_root
+        self.env = slurm.env(job_env(LAMAMBA_DATA_CACHE=str(cluster_root / "cache")))
+
+    def __call__(self, *args: str, host: int = 0, check: bool = True) -> str:
+        cmd = self.slurm.network.hosts[host].command([sys.executable, "-m", "launcher.cli", *args])
+        proc = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=120)
+        assert not check or proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    def submit(self, *args: str) -> str:
+        out = self("submit", "train", TRAIN_CONFIG, *args, "--backend", "slurm", "--cpu", "--cpus-per-node", "2",
+                   "--runs-root", str(self.runs_root))
+        return out.split()[1]
+
+    def state(self, run_id: str) -> str:
+        return self("status", run_id, "--runs-root", str(self.runs_root)).split()[3]
+
+    def wait_state(self, run_id: str, states: tuple[str, ...], timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while (state := self.state(run_id)) not in states:
+            assert time.monotonic() < deadline, f"{run_id} still {state}:\n{self('logs', run_id, '--runs-root', str(self.runs_root))[-4000:]}"
+            time.sleep(1.0)
+        return state
+
+
+def _wait(predicate, what: str, timeout_s: float, poll_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll_s)
+    return value
+
+
+def _stamp(line: str) -> float:
+    """The epoch time of a batch-script line '[lamamba] 2026-...Z ...'."""
+    text = re.search(r"\] (\S+Z) ", line).group(1)
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+def _committed(run_dir: Path) -> list[int]:
+    return sorted(int(p.parent.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*/COMMITTED"))
+
+
+def test_preempted_job_checkpoints_requeues_and_resumes_exactly(slurm, cluster_root, digits_latents, reference_run):
+    cli = Cli(slurm, cluster_root, cluster_root / "slurm-runs")
+    run_id = cli.submit(f"data.manifest={digits_latents}", *TRAIN_OVERRIDES, "--gpus-per-node", "2")
+    record = json.loads((cli.runs_root / run_id / "launch" / "run.json").read_text())
+    job_id, run_dir = record["handle"]["job_id"], Path(record["run_dir"])
+    assert cli.state(run_id) in ("PENDING", "RUNNING")
+
+    # Another run queued behind it (it needs both nodes; one is taken) is cancelled through the scheduler.
+    other = cli.submit(f"data.manifest={digits_latents}", *TRAIN_OVERRIDES, "seed=1", "--nodes", "2",
+                       "--gpus-per-node", "1")
+    assert cli.state(other) == "PENDING"
+    assert f"cancelled {other}" in cli("cancel", other, "--runs-root", str(cli.runs_root))
+    assert cli.wait_state(other, ("STOPPED",), 30) == "STOPPED"
+
+    _wait(lambda: 2 in _committed(run_dir), "the first checkpoint", 240)
+    # srun was given the job's CPUs per task (SLURM >= 22.05 does not pass sbatch's on).
+    assert "CPUs=2" in slurm.run("scontrol", "show", "step", f"{job_id}.0")
+    signalled = time.time()
+    slurm.run("scancel", "--signal=USR1", "--batch", job_id)  # what --signal=B:USR1@120 sends
+
+    # The ranks commit a checkpoint and the job is requeued. SLURM holds a requeued job for
+    # 120 s (BeginTime); release it at once so the test does not wait.
+    _wait(lambda: "requeueing job" in cli("logs", run_id, "--runs-root", str(cli.runs_root)), "the requeue", 120)
+    _wait(lambda: "BeginTime" in slurm.run("squeue", "--noheader", "--jobs", job_id, "--format=%r", check=False)
+          or cli.state(run_id) != "PENDING", "the requeued job to be held", 30)
+    slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
+    assert cli.wait_state(run_id, ("SUCCEEDED", "FAILED"), 300) == "SUCCEEDED"
+
+    log = cli("logs", run_id, "--runs-root", str(cli.runs_root))
+    stopped = int(re.search(r"preempted \((SIGUSR1|another rank's request)\) at step (\d+)", log).group(2))
+    assert 2 <= stopped < STEPS, log[-3000:]
+    assert f"resumed from {run_dir}/checkpoints/step_{stopped:08d}" in log and f"finished: {STEPS} steps" in log
+    assert "(restart 1)" in log  # the same job id, started again by SLURM
+    assert_same_weights(final_weights(run_dir), final_weights(reference_run))
+
+    # The measured timeline (docs/cluster.md): signal -> checkpoint committed -> requeue -> resumed.
+    committed_at = (run_dir / "checkpoints" / f"step_{stopped:08d}" / "COMMITTED").stat().st_mtime
+    requeued_at = _stamp(next(line for line in log.splitlines() if "requeueing job" in line))
+    restarted_at = _stamp(next(line for line in log.splitlines() if "(restart 1)" in line))
+    timeline = {"checkpoint_committed_s": committed_at - signalled, "requeue_s": requeued_at - signalled,
+                "requeued_job_started_s": restarted_at - signalled, "preempted_at_step": stopped}
+    print(f"\npreemption timeline (s after USR1): {timeline}")
+    assert committed_at - signalled < 90  # within the template's save window
+
+
+def test_two_node_torchrun_restarts_after_a_host_loses_its_ranks(slurm, cluster_root, digits_latents, reference_run):
+    cli = Cli(slurm, cluster_root, cluster_root / "slurm-2node")
+    run_id = cli.submit(f"data.manifest={digits_latents}", *TRAIN_OVERRIDES, "--nodes", "2", "--gpus-per-node", "1",
+                        "--max-restarts", "2")
+    run_dir = cli.runs_root / run_id
+    _wait(lambda: 2 in _committed(run_dir), "the first checkpoint", 300)
+
+    # Kill node1's training rank (not its torchrun): a crashed process on one host. Both nodes'
+    # torchruns then restart their ranks, which meet again in the rendezvous and resume.
+    def node1_ranks():
+        out = []
+        for pid in slurm.network.hosts[1].pids():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"launcher.cli" in cmdline and b"torch.distributed.run" not in cmdline:
+                out.append(pid)
+        return out
+
+    for pid in _wait(node1_ranks, "node1's rank", 30):
+        os.kill(pid, signal.SIGKILL)
+    assert cli.wait_state(run_id, ("SUCCEEDED", "FAILED"), 360) == "SUCCEEDED"
+    log = cli("logs", run_id, "--runs-root", str(cli.runs_root))
+    # torchrun on node1 saw its rank killed; both torchruns restarted their ranks (no new attempt
+    # of the entrypoint), which resumed from a commit and finished.
+    assert "failed (exitcode: -9)" in log and "resumed from" in log and f"finished: {STEPS} steps" in log
+    assert log.count("train succeeded (exit code 0, 1 attempt(s))") == 2
+    assert max(_committed(run_dir)) == STEPS
+    assert_same_weights(final_weights(run_dir), final_weights(reference_run))
