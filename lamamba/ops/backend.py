@@ -59,7 +59,7 @@ def _tiny_inputs(device: torch.device) -> dict[str, torch.Tensor]:
 
 def _run_matches_reference(scan: Callable, device: torch.device) -> str | None:
     """Run ``scan`` on a tiny input on ``device``; None when it matches the reference, else why not."""
-    from lamamba.ops.selective_scan import selective_scan_reference
+    from lamamba.ops.scan_reference import selective_scan_reference
 
     inputs = _tiny_inputs(device)
     got = scan(**inputs)

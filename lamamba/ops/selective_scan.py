@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from lamamba.ops.backend import mamba_ssm_scan, resolve_backend
+from lamamba.ops.scan_reference import selective_scan_reference  # noqa: F401 - the package's public name
 
 def selective_scan(
     u: torch.Tensor,
@@ -89,36 +90,6 @@ def _check_shapes(u, delta, A, B, C, D, delta_bias) -> None:
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and t.shape != (dim,):
             raise ValueError(f"{name} must be ({dim},); got {tuple(t.shape)}")
-
-
-def selective_scan_reference(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
-    """The scan as a loop over every time step, in the input dtype (tests and benchmarks only).
-
-    Structured like ``mamba_ssm``'s ``selective_scan_ref``: discretise all steps up front, then
-    one state update and one contraction with C per step; autograd differentiates it.
-    """
-    dtype_in = u.dtype
-    batch, dim, length = u.shape
-    groups = B.shape[1]
-    if delta_bias is not None:
-        delta = delta + delta_bias[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    B = B.repeat_interleave(dim // groups, dim=1)  # (batch, D, N, L)
-    C = C.repeat_interleave(dim // groups, dim=1)
-    delta_A = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
-    delta_B_u = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)
-    # unbind, not indexing per step: the backward of L index ops would materialise L full-size grads.
-    steps = zip(delta_A.unbind(2), delta_B_u.unbind(2), C.unbind(3))
-    h = u.new_zeros(batch, dim, A.shape[1])
-    ys = []
-    for decay, drive, c in steps:
-        h = decay * h + drive
-        ys.append(torch.einsum("bdn,bdn->bd", h, c))
-    y = torch.stack(ys, dim=2)
-    if D is not None:
-        y = y + u * D[:, None]
-    return y.to(dtype_in)
 
 
 def _chunk_count(length: int) -> int:
