@@ -58,8 +58,8 @@ class RayCluster:
             wait_until(self._gcs_up, "the Ray head's GCS", 120, poll_s=0.5, alive=self.procs[0], log=self._log(head))
             for h in network.hosts[1:]:
                 self._start(h, [f"--address={self.gcs}"])
-            wait_until(lambda: self.alive_nodes() == len(network.hosts), "every Ray node to join", 120, poll_s=1.0)
-            wait_until(self._takes_jobs, "the Ray job server to take jobs", 120, poll_s=1.0)
+            wait_until(lambda: self.alive_nodes() == len(network.hosts), "every Ray node to join", 300, poll_s=1.0)
+            wait_until(self._takes_jobs, "the Ray job server to take jobs", 300, poll_s=1.0)
         except BaseException:
             self.close()
             raise
