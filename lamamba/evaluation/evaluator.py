@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import zipfile
 import logging
 from dataclasses import dataclass
 
@@ -23,8 +24,8 @@ from lamamba.evaluation import metrics
 from lamamba.evaluation.config import EvalConfig
 from lamamba.evaluation.features import FeatureExtractor, build_extractor, resolve_device
 from lamamba.evaluation.reference import Reference, build_reference, load_reference
-from lamamba.evaluation.shards import (METADATA, done_shards, features_name, images_name, iter_npz_array,
-                                       npz_array_length, npz_keys, read_json, read_npz)
+from lamamba.evaluation.shards import (METADATA, SampleSetError, done_shards, iter_npz_array, npz_array_length,
+                                       npz_keys, read_json, read_npz, verified_files)
 from lamamba.evaluation.statistics import FeatureStats, accumulate
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,13 @@ def collect_sample_features(samples: str, extractor: FeatureExtractor, batch_siz
     else:
         shards = done_shards(samples)
         if not shards:
-            raise ValueError(f"no finished shards (shard_*.done) under {samples}")
+            raise SampleSetError(f"no finished shards (shard_*.done) under {samples}")
         meta_url = storage.join(samples, METADATA)
         metadata = read_json(meta_url) if storage.exists(meta_url) else {}
         expected = metadata.get("protocol", {}).get("num_shards")
         if expected is not None and len(shards) != expected:
             missing = sorted(set(range(expected)) - set(shards))
-            raise ValueError(f"{samples}: {len(missing)} of {expected} shards are not finished "
+            raise SampleSetError(f"{samples}: {len(missing)} of {expected} shards are not finished "
                              f"(first: {missing[:5]}); rerun `lamamba sample` to complete them")
         parts = (_shard_features(samples, shard, extractor, batch_size) for shard in shards)
         total, unit = len(shards), "shard"
@@ -75,16 +76,20 @@ def collect_sample_features(samples: str, extractor: FeatureExtractor, batch_siz
 
 
 def _shard_features(samples: str, shard: int, extractor: FeatureExtractor, batch_size: int) -> dict[str, np.ndarray]:
-    feature_url = storage.join(samples, features_name(shard))
-    if storage.exists(feature_url):
-        stored = read_npz(feature_url)
-        if str(stored.get("extractor", "")) == extractor.name:
-            return {k: v for k, v in stored.items() if k != "extractor"}
-    image_url = storage.join(samples, images_name(shard))
-    if not storage.exists(image_url):
-        raise ValueError(f"shard {shard} of {samples} has neither images ({image_url}) nor features from "
-                         f"extractor {extractor.name!r}")
-    arr = read_npz(image_url)["arr_0"]
+    files = verified_files(samples, shard)  # the bytes are the ones the marker describes
+    try:
+        if "features" in files:
+            stored = read_npz(files["features"])
+            if str(stored.get("extractor", "")) == extractor.name:
+                return {k: v for k, v in stored.items() if k != "extractor"}
+        if "images" not in files:
+            raise SampleSetError(f"shard {shard} of {samples} has neither images nor features from extractor "
+                                 f"{extractor.name!r}")
+        arr = read_npz(files["images"])["arr_0"]
+    except SampleSetError:
+        raise
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:  # the marker's bytes, but not a shard
+        raise SampleSetError(f"shard {shard} of {samples} cannot be read: {type(err).__name__}: {err}") from None
     out: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(arr), batch_size):
         for key, value in extractor(arr[start:start + batch_size]).items():

@@ -5,7 +5,8 @@ Sample i has label ``i mod num_classes`` and draws its initial noise and every s
 its own generator keyed by (seed, "sample", i), so the image set does not depend on how many
 workers run or how they batch. The index range is cut into fixed shards (``shards.ShardPlan``);
 each shard is written (images as ADM-compatible ``arr_0`` NHWC uint8, and/or extractor features)
-with a done-marker last, and a rerun only computes shards without a marker.
+with a done-marker last (each file's size and sha256), and a rerun only computes shards without
+a marker that its files match: a damaged shard is redone, not counted as finished.
 
 Fan-out: ``launcher="local"`` (one process), ``"ray"`` (one actor per worker, shards handed out
 as they finish, GPUs per worker configurable) or ``"torchrun"`` (rank r owns shards r, r + W, ...).
@@ -18,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -30,8 +32,8 @@ from lamamba.devices import set_tf32
 from lamamba.diffusion import create_diffusion, guided_forward
 from lamamba.evaluation.config import SampleConfig
 from lamamba.evaluation.features import build_extractor, resolve_device
-from lamamba.evaluation.shards import (METADATA, ShardPlan, done_name, done_shards, features_name, images_name,
-                                       read_json, write_json, write_npz)
+from lamamba.evaluation.shards import (METADATA, SampleSetError, ShardPlan, done_name, done_shards, features_name,
+                                       images_name, read_json, verified_files, write_json, write_npz)
 from lamamba.models.io import load_model, read_model_file
 from lamamba.ray_runtime import in_ray_job, ray_session
 from lamamba.rng import PerSampleGenerators
@@ -131,13 +133,13 @@ class ShardSampler:
         files = {}
         if self.cfg.outputs in ("images", "both"):
             labels = np.array([i % self.num_classes for i in indices], dtype=np.int64)
-            write_npz(storage.join(out, images_name(shard)), arr_0=images, labels=labels,
-                      indices=np.array(indices, dtype=np.int64))
-            files["images"] = images_name(shard)
+            files["images"] = {"name": images_name(shard), **write_npz(
+                storage.join(out, images_name(shard)), arr_0=images, labels=labels,
+                indices=np.array(indices, dtype=np.int64))}
         if self.extractor is not None:
             feats = self.extractor(images)
-            write_npz(storage.join(out, features_name(shard)), extractor=np.array(self.extractor.name), **feats)
-            files["features"] = features_name(shard)
+            files["features"] = {"name": features_name(shard), **write_npz(
+                storage.join(out, features_name(shard)), extractor=np.array(self.extractor.name), **feats)}
         write_json(storage.join(out, done_name(shard)),
                    {"shard": shard, "start": indices[0], "stop": indices[-1] + 1, "files": files})
         return len(indices)
@@ -199,8 +201,22 @@ def write_or_check_metadata(cfg: SampleConfig, proto: dict) -> None:
 
 
 def pending_shards(cfg: SampleConfig) -> list[int]:
-    done = set(done_shards(cfg.out_url))
-    return [s for s in range(ShardPlan(cfg.num_samples, cfg.shard_size).num_shards) if s not in done]
+    """Shards without a done-marker, or whose files no longer match it (those are redone, said once)."""
+    marked = set(done_shards(cfg.out_url))
+
+    def pending(shard: int) -> bool:
+        if shard not in marked:
+            return True
+        try:
+            verified_files(cfg.out_url, shard)
+        except SampleSetError as err:
+            log.warning("%s; redoing it", err)
+            return True
+        return False
+
+    shards = range(ShardPlan(cfg.num_samples, cfg.shard_size).num_shards)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return [s for s, todo in zip(shards, pool.map(pending, shards)) if todo]
 
 
 def _run_local(cfg: SampleConfig, shards: list[int], position: int = 0, desc: str = "sampling") -> list[int]:

@@ -3,14 +3,20 @@
     <out>/metadata.json                 the protocol (written before any shard)
     <out>/shard_00000.npz               arr_0 (n, H, W, C) uint8 NHWC (ADM's format), labels, indices
     <out>/shard_00000.features.npz      pool / spatial / logits float32 (optional, "features only")
-    <out>/shard_00000.done              JSON marker, written last: the shard is complete
+    <out>/shard_00000.done              JSON marker, written last: the shard is complete, with
+                                        each file's name, size and sha256
 
 Shard i always holds sample indices [i * shard_size, min((i + 1) * shard_size, N)), whatever
-the number of workers, so a rerun only computes shards without a marker.
+the number of workers, so a rerun only computes shards without a valid marker. A marker is valid
+when it parses and every file it lists exists with the recorded size and sha256
+(:func:`verified_files`); evaluate checks the same before it reads a shard, and a damaged shard
+is an error naming it (:class:`SampleSetError`). File names in a marker are data: they must
+stay inside the sample set (:func:`lamamba.storage.safe_join`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -58,16 +64,64 @@ class ShardPlan:
         return range(start, min(start + self.shard_size, self.num_samples))
 
 
+class SampleSetError(ValueError):
+    """A shard of a sample set is unfinished, damaged or not what its marker says; the message names it."""
+
+
 def done_shards(out: str) -> list[int]:
-    """Shard ids whose done-marker exists under ``out``, sorted."""
+    """Shard ids whose done-marker exists under ``out``, sorted (see :func:`verified_files`)."""
     return sorted(int(m.group(1)) for name in storage.listdir(out) if (m := _DONE.match(name)))
 
 
-def write_npz(url: str, **arrays: np.ndarray) -> None:
-    """Write arrays as an uncompressed .npz in one atomic put (readable by ``np.load``)."""
+def write_npz(url: str, **arrays: np.ndarray) -> dict:
+    """Write arrays as an uncompressed .npz in one atomic put (readable by ``np.load``); returns
+    the ``{"size", "sha256"}`` of the bytes written, for a done-marker."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    storage.write_bytes(url, buf.getvalue())
+    data = buf.getvalue()
+    storage.write_bytes(url, data)
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def verified_files(out: str, shard: int) -> dict[str, str]:
+    """``{kind: URL}`` of shard ``shard``'s files ("images", "features") after checking them against
+    its done-marker: each exists with the recorded size and sha256. Raises :class:`SampleSetError`
+    naming the shard and the reason (no marker, unreadable marker, missing or damaged file)."""
+    marker_url = storage.join(out, done_name(shard))
+    try:
+        marker = json.loads(storage.read_bytes(marker_url))
+        files = marker["files"]
+        if not isinstance(files, dict) or not files:
+            raise TypeError("no files listed")
+    except FileNotFoundError:
+        raise SampleSetError(f"shard {shard} of {out} is not finished (no {done_name(shard)})") from None
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise SampleSetError(f"shard {shard} of {out}: its marker {done_name(shard)} is unreadable ({err})") from None
+    urls = {}
+    for kind, entry in files.items():
+        if not isinstance(entry, dict) or not {"name", "size", "sha256"} <= set(entry):
+            raise SampleSetError(f"shard {shard} of {out}: its marker lists {kind} without a size and sha256 "
+                                 f"(written by an older lamamba); rerun `lamamba sample` to redo it")
+        try:
+            url = storage.safe_join(out, str(entry["name"]), what=f"shard {shard}'s {kind} file")
+        except storage.UnsafePathError as err:
+            raise SampleSetError(str(err)) from None
+        fs, path = storage.filesystem(url)
+        try:
+            size = fs.info(path)["size"]
+        except FileNotFoundError:
+            raise SampleSetError(f"shard {shard} of {out}: {entry['name']} is missing; rerun `lamamba sample` "
+                                 f"to redo it") from None
+        if size != entry["size"]:
+            damage = f"{size} bytes, its marker says {entry['size']}"
+        elif storage.sha256(url) != entry["sha256"]:
+            damage = "its sha256 differs from its marker's"
+        else:
+            urls[kind] = url
+            continue
+        raise SampleSetError(f"shard {shard} of {out}: {entry['name']} is damaged ({damage}); rerun "
+                             f"`lamamba sample` to redo it")
+    return urls
 
 
 def read_npz(url: str, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:

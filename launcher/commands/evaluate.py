@@ -57,6 +57,7 @@ def run(args) -> int:
     from lamamba.evaluation.config import EvalConfig, write_run_files
     from lamamba.evaluation.evaluator import evaluate
     from lamamba.evaluation.inception import InceptionWeightsError
+    from lamamba.evaluation.shards import SampleSetError
 
     cfg = load_config(EvalConfig, *config_and_overrides(args, FLAGS))
     write_run_files(cfg)
@@ -64,6 +65,11 @@ def run(args) -> int:
         result = evaluate(cfg)
     except ConfigError:
         raise  # the CLI reports it (exit 2)
+    except SampleSetError as err:  # a missing, unfinished or damaged shard, named
+        import sys
+
+        print(f"lamamba evaluate: {err}", file=sys.stderr)
+        return 2
     except (InceptionWeightsError, FileNotFoundError, ValueError) as err:
         import sys
 

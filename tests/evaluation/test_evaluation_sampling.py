@@ -207,3 +207,52 @@ def test_samples_and_reference_on_s3(work, tmp_path, monkeypatch, s3_server):
         f"run_dir={tmp_path}", "extractor.kind=evaluation_fakes:build"]))
     assert result["protocol"]["num_samples"] == 4
     assert json.loads(storage.read_bytes("s3://lamamba-eval/metrics.json"))["metrics"] == result["metrics"]
+
+
+def test_a_damaged_shard_is_named_by_evaluate_and_redone_by_sample(work, tmp_path, capsys):
+    """Used to be a BadZipFile traceback in evaluate, and "all finished" from sample."""
+    import shutil
+
+    from evaluation_fakes import ProjectionExtractor
+    from launcher.cli import main
+    from lamamba.evaluation.evaluator import collect_sample_features
+    from lamamba.evaluation.shards import SampleSetError
+
+    out = tmp_path / "samples"
+    shutil.copytree(work["local"], out)
+    marker = json.loads((out / "shard_00001.done").read_text())
+    assert marker["files"]["images"]["size"] == (out / "shard_00001.npz").stat().st_size
+    damaged = out / "shard_00001.npz"
+    with open(damaged, "r+b") as f:  # same size, other bytes
+        f.seek(damaged.stat().st_size // 2)
+        f.write(b"\x00garbage\x00" * 4)
+    with pytest.raises(SampleSetError, match=r"shard 1 .*shard_00001\.npz is damaged"):
+        collect_sample_features(str(out), ProjectionExtractor())
+    reference = tmp_path / "ref.npz"
+    np.savez(reference, arr_0=np.concatenate(list(_images(work["local"]).values())))
+    assert main(["evaluate", "--samples", str(out), "--reference", str(reference),
+                 f"run_dir={tmp_path / 'eval_run'}", "extractor.kind=evaluation_fakes:build"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lamamba")]
+    assert len(err) == 1 and "shard 1" in err[0] and "shard_00001.npz is damaged (its sha256" in err[0], err
+
+    (out / "shard_00002.npz").write_bytes(b"truncated")
+    computed = run_sampling(load_config(SampleConfig, None, [*BASE, f"checkpoint={work['ckpt']}", f"out={out}"]))
+    assert computed == [1, 2]  # the damaged shards are redone, the good one kept
+    assert all(np.array_equal(images, _images(work["local"])[s]) for s, images in _images(out).items())
+    assert collect_sample_features(str(out), ProjectionExtractor()).pool.n == NUM_SAMPLES
+
+
+def test_a_marker_pointing_outside_the_sample_set_is_refused(work, tmp_path):
+    import shutil
+
+    from evaluation_fakes import ProjectionExtractor
+    from lamamba.evaluation.evaluator import collect_sample_features
+    from lamamba.evaluation.shards import SampleSetError
+
+    out = tmp_path / "samples"
+    shutil.copytree(work["local"], out)
+    marker = json.loads((out / "shard_00000.done").read_text())
+    marker["files"]["images"]["name"] = "../../elsewhere.npz"
+    (out / "shard_00000.done").write_text(json.dumps(marker))
+    with pytest.raises(SampleSetError, match="elsewhere.npz"):
+        collect_sample_features(str(out), ProjectionExtractor())
