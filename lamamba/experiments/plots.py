@@ -96,20 +96,22 @@ def fid_vs_gflops(rows: list[ResultRow]):
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for label, (gflops, fid, area) in points.items():
         ax.scatter([gflops], [fid], s=[area], alpha=0.5, label=label)
-        ax.annotate(f"{label} ({fid:.2f})", (gflops, fid), ha="center", va="bottom", fontsize=8)
+        ax.annotate(f"{label} ({fid:.2f})", (gflops, fid), xytext=(0, 12), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=8)
     ax.set(xlabel="model GFLOPs per image", ylabel="FID (newest step, best scale)",
            title="FID vs GFLOPs (bubble area = GFLOPs)")
     if len(points) > 1 and max(p[0] for p in points.values()) / min(p[0] for p in points.values()) > 20:
         ax.set_xscale("log")
-    _finish(ax, bool(points))
+    ax.margins(0.2)  # room for the bubbles and their labels
+    _finish(ax, bool(points), legend=False)  # each bubble is labelled; scaled legend markers would hide data
     return fig, points
 
 
-def _finish(ax, has_data: bool) -> None:
+def _finish(ax, has_data: bool, legend: bool = True) -> None:
     ax.grid(True, alpha=0.3)
-    if has_data:
+    if has_data and legend:
         ax.legend(fontsize=7)
-    else:
+    elif not has_data:
         ax.text(0.5, 0.5, "no points with FID yet", ha="center", va="center", transform=ax.transAxes)
     ax.figure.tight_layout()
 

@@ -20,7 +20,8 @@ from lamamba.config import ConfigError, load_config
 from lamamba.evaluation.shards import done_shards
 from lamamba.experiments.config import EvalSweepConfig
 from lamamba.experiments.eval_sweep import run_eval_sweep, watch
-from lamamba.experiments.plots import fid_vs_gflops, fid_vs_guidance, fid_vs_step
+from lamamba.experiments.plots import (BUBBLE_AREA_PER_GFLOP, MAX_BUBBLE_AREA, fid_vs_gflops, fid_vs_guidance,
+                                       fid_vs_step)
 from lamamba.experiments.results import COLUMNS, read_table
 
 pytestmark = pytest.mark.slow  # trains a DiT and runs five sweeps: ~40 s of CPU, minutes on a loaded machine
@@ -122,7 +123,8 @@ def test_plots_show_the_tables_numbers(swept):
     fig, _ = fid_vs_gflops(rows)
     offsets = fig.axes[0].collections[0].get_offsets()
     assert np.allclose(offsets, [[newest.gflops, newest.fid]])
-    assert np.allclose(fig.axes[0].collections[0].get_sizes() / newest.gflops, fig.axes[0].collections[0].get_sizes()[0] / newest.gflops)
+    area = newest.gflops * min(BUBBLE_AREA_PER_GFLOP, MAX_BUBBLE_AREA / newest.gflops)  # area proportional to GFLOPs
+    assert np.allclose(fig.axes[0].collections[0].get_sizes(), [area]) and bubbles["dit-run"][2] == pytest.approx(area)
 
 
 def test_the_same_numbers_go_to_tensorboard(swept):
