@@ -1,7 +1,11 @@
-"""Triton's interpreter for the kernel tests: it must be on before the kernels are imported (the
-``triton.jit`` decorator reads it), so it is set when this directory is collected. On a GPU machine
-``TRITON_INTERPRET=0`` runs the same tests compiled, on CUDA tensors."""
+"""The kernel tests run in Triton's CPU interpreter (see triton_env.py)."""
 
-import os
+import pytest
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+from triton_env import INTERPRET
+
+
+@pytest.fixture(autouse=True)
+def triton_interpret_env(monkeypatch):
+    """Inside these tests the backend dispatch sees the mode the kernels were built in."""
+    monkeypatch.setenv("TRITON_INTERPRET", INTERPRET)
