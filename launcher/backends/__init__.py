@@ -7,6 +7,7 @@ cancel from the handle it returned, which the launcher stores in the run's recor
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -31,6 +32,16 @@ class Submission:
     python: str = "python"
     submissions: int = 1  # how many times this run has been submitted, this one included
     options: dict[str, Any] = field(default_factory=dict)  # backend-specific (partition, address, ...)
+
+    def doctor_command(self) -> list[str]:
+        """``python -m launcher.cli doctor ...``: every job template runs it first, on each node, so a
+        node that cannot run the job (no working CUDA, S3 unreachable, weights missing) stops it
+        before start-up, with the reason."""
+        return [self.python, "-m", "launcher.cli", "doctor", f"--job={self.job}", f"--run-dir={self.run_dir}"]
+
+    def checked_entrypoint(self, rendezvous: str) -> str:
+        """The shell line of a Ray job's driver: the doctor, then the entrypoint if it passed."""
+        return f"{shlex.join(self.doctor_command())} && {shlex.join([self.python, *self.entrypoint_args(rendezvous)])}"
 
     def entrypoint_args(self, rendezvous: str) -> list[str]:
         """``-m launcher.entrypoint ...``: what each backend starts on the compute side."""

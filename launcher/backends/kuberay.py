@@ -8,7 +8,6 @@ Status, logs and cancel go through ``kubectl``.
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 from typing import Any
 
@@ -36,7 +35,7 @@ class KubeRayBackend:
             name=rayjob_name(sub), run_id=sub.run_id, job=sub.job, nodes=sub.nodes,
             gpus_per_node=sub.gpus_per_node if sub.gpus else 0, max_restarts=sub.max_restarts,
             entrypoint_gpus=entrypoint_gpus(sub),
-            entrypoint=shlex.join([sub.python, *sub.entrypoint_args("ray")]),
+            entrypoint=sub.checked_entrypoint("ray"),
             namespace=opts.get("namespace") or "default", image=opts.get("image") or "lamamba:latest",
             cpus_per_node=opts.get("cpus_per_task") or default_cpus(sub.gpus_per_node), memory_per_node=opts.get("memory") or f"{32 * max(1, sub.gpus_per_node)}Gi",
             secret=opts.get("secret") or "", ray_version=RAY_VERSION)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 from typing import Any
 
 from launcher import runs
@@ -27,7 +26,7 @@ def job_request(sub: Submission) -> dict[str, Any]:
     return {
         # A Ray submission id is used once; the run id and the submission count make it unique.
         "submission_id": f"{sub.run_id}-{sub.submissions}",
-        "entrypoint": shlex.join([sub.python, *sub.entrypoint_args("ray")]),
+        "entrypoint": sub.checked_entrypoint("ray"),  # lamamba doctor on the driver's node, then the job
         "runtime_env": runtime_env,
         # The driver runs where these are free: evaluate computes on its driver, so it needs a GPU
         # node (the head has none); the other jobs' drivers only place their tasks and ranks.

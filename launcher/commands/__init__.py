@@ -16,6 +16,7 @@ COMMANDS = (
     "scaling-sweep",
     "export",
     "flops",
+    "doctor",
     "submit",
     "status",
     "logs",

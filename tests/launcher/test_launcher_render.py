@@ -68,7 +68,9 @@ def test_rayjob_golden(nodes):
     assert workers["replicas"] == workers["minReplicas"] == workers["maxReplicas"] == nodes
     limits = workers["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == 8
-    assert doc["spec"]["entrypoint"].startswith("python -m launcher.entrypoint train --run-dir=/shared/runs/")
+    doctor, job = doc["spec"]["entrypoint"].split(" && ")  # lamamba doctor first, the job only if it passes
+    assert doctor.startswith("python -m launcher.cli doctor --job=train --run-dir=/shared/runs/")
+    assert job.startswith("python -m launcher.entrypoint train --run-dir=/shared/runs/")
     assert f"--nnodes={nodes}" in doc["spec"]["entrypoint"]
 
 
@@ -89,4 +91,6 @@ def test_dry_run_prints_the_artifact_and_submits_nothing(backend, tmp_path, caps
     if backend == "ray":
         request = json.loads(out)
         assert request["address"] == "http://head:8265" and request["submission_id"].startswith("encode-digits-")
-        assert request["entrypoint"].startswith("python -m launcher.entrypoint encode --run-dir=")
+        doctor, job = request["entrypoint"].split(" && ")
+        assert doctor.startswith("python -m launcher.cli doctor --job=encode --run-dir=")
+        assert job.startswith("python -m launcher.entrypoint encode --run-dir=")

@@ -12,9 +12,11 @@ from launcher.backends.slurm import slurm_state
 from launcher.cli import main
 
 # srun stands for the job step: it records itself and runs until the test stops it or USR1 comes
-# (passed on by the batch script; training checkpoints and exits 0 on it).
+# (passed on by the batch script; training checkpoints and exits 0 on it). The `lamamba doctor`
+# step before it passes at once.
 FAKE_SRUN = """#!/bin/sh
 echo "srun $*" >> "$FAKE_DIR/calls.log"
+case "$*" in *" doctor "*) exit 0;; esac
 trap 'echo "srun got USR1" >> "$FAKE_DIR/calls.log"; exit 0' USR1
 echo $$ > "$FAKE_DIR/srun.pid"
 while [ ! -e "$FAKE_DIR/stop" ]; do sleep 0.05; done
@@ -132,7 +134,8 @@ def test_batch_script_requeues_unless_finished(fake_slurm, tmp_path, finished):
         (run_dir / "launch").mkdir(parents=True)
         (run_dir / "launch" / "FINISHED").touch()
     output = _run_batch_script(fake_dir, str(script), finished)
-    srun = [c for c in calls() if c.startswith("srun --")]
+    doctor, *srun = [c for c in calls() if c.startswith("srun --")]
+    assert "--nodes=4 --ntasks-per-node=1" in doctor and f"doctor --job=train --run-dir={run_dir}" in doctor
     assert len(srun) == 1 and "--nodes=4 --ntasks-per-node=1" in srun[0] and "--nproc-per-node=2" in srun[0]
     requeues = [c for c in calls() if c.startswith("scontrol")]
     assert requeues == ([] if finished else ["scontrol requeue 4242"]), output
