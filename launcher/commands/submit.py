@@ -36,10 +36,11 @@ Backends:
 submits nothing.
 
 Examples:
-  lamamba submit train configs/train/tiny.yaml --backend local --gpus-per-node 2 --follow
+  lamamba submit train configs/train/tiny_digits.yaml data.manifest=runs/encode-digits/latents \\
+      --backend local --gpus-per-node 2 --follow
   lamamba submit train configs/train/xl_256.yaml --backend slurm --nodes 4 --gpus-per-node 8 \\
       --partition gpu --time 48:00:00 --setup "source .venv/bin/activate"
-  lamamba submit sample configs/sample/xl_256.yaml ckpt=runs/x/export.safetensors \\
+  lamamba submit sample configs/sample/imagenet_256.yaml checkpoint=runs/x/export.safetensors \\
       --backend ray --address http://head:8265
   lamamba submit train configs/train/xl_256.yaml --backend kuberay --nodes 4 --gpus-per-node 8 \\
       --image ghcr.io/me/lamamba:0.1 --runs-root s3://bucket/runs --dry-run
