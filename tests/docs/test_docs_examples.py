@@ -70,8 +70,9 @@ def inline_commands(line: str):
 
 
 def line_command(line: str) -> str | None:
+    """The command on a line of a code block or help text, without a trailing "   (a note)"."""
     match = COMMAND_START.match(line.strip())
-    return match.group(1) if match else None
+    return re.split(r"\s{2,}\(", match.group(1))[0] if match else None
 
 
 def markdown_examples(path: Path):
@@ -94,7 +95,7 @@ def help_examples(name: str, text: str):
         where = f"`lamamba {name} --help`".replace("  ", " ")
         command = line_command(line) if line[:1].isspace() else None
         if command:
-            yield Example(where, re.split(r"\s{2,}\(", command)[0])  # drop "   (a note)"
+            yield Example(where, command)
         else:
             yield from (Example(where, t, inline=True) for t in inline_commands(line))
 
@@ -208,8 +209,8 @@ def problems_of(argv: list[str], parsers: dict[str, argparse.ArgumentParser], in
         if exit.code == 0:  # --help
             return []
         message = err.getvalue().strip().splitlines()[-1]
-        if inline and re.search(r"arguments are required|expected one argument", message):
-            return mention_problems(argv, parsers)  # `lamamba export` named in a sentence
+        if inline:  # `lamamba export`, `lamamba logs --rank R` named in a sentence
+            return mention_problems(argv, parsers)
         return [f"does not parse: {message}"]
     bad = [f"names {p}, which does not exist" for p in yaml_paths(argv) if not (ROOT / p).is_file()]
     cls = config_class(argv[0], args)
