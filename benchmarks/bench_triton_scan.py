@@ -5,7 +5,7 @@ memory bandwidth against the device's peak. A GPU benchmark (issue 12's goals: >
 bandwidth, at least mamba_ssm's speed at N = 1, XL at L = 16384 without the (B, L, D, N) footprint).
 
     PYTHONPATH=. python benchmarks/bench_triton_scan.py [--batch 8] [--lengths 1024 4096 16384]
-        [--json runs/bench_triton_scan.json] [--peak-tbps 4.8]
+        [--json runs/bench_triton_scan.json] [--peak-tbps 4.8] [--tile 256] [--chunk 32]
     PYTHONPATH=. python benchmarks/bench_triton_scan.py --quick   # CPU, Triton's interpreter: tiny shapes,
                                                                   # checks that the script runs
 
@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="I/O dtype of the activations")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peak-tbps", type=float, default=None, help="device peak bandwidth (default: by name)")
+    parser.add_argument("--tile", type=int, default=None, help="states per program (triton_scan.TILE; a sweep knob)")
+    parser.add_argument("--chunk", type=int, default=None, help="steps between saved states (triton_scan.CHUNK)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     parser.add_argument("--quick", action="store_true",
                         help="CPU, Triton's interpreter, tiny shapes: only checks that this script runs")
@@ -133,13 +135,17 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (Triton interpreter)"
     peak = args.peak_tbps or next((v for k, v in PEAK_TBPS.items() if k in name), None)
     mamba, mamba_why = probe_mamba_ssm(device) if device.type == "cuda" else (None, "cpu")
+    from lamamba.ops import triton_scan
+
+    triton_scan.TILE = args.tile or triton_scan.TILE
+    triton_scan.CHUNK = args.chunk or triton_scan.CHUNK
     print(f"torch {torch.__version__}, {name}, batch {batch}, {args.dtype} I/O, median of {repeats}; "
-          f"peak bandwidth {peak or '?'} TB/s; mamba_ssm: {mamba_why}")
+          f"peak bandwidth {peak or '?'} TB/s; TILE {triton_scan.TILE}, CHUNK {triton_scan.CHUNK}; "
+          f"mamba_ssm: {mamba_why}")
     print("| shape | d_inner | N | L | fused ms | GB/s | % peak | fused peak MiB | torch ms | torch peak MiB "
           "| mamba_ssm ms | (B, L, 4d, N) fp32 MiB | rel. err vs torch |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rows = []
-    from lamamba.ops import triton_scan
 
     for shape, (d_inner, n) in shapes.items():
         for length in lengths:
@@ -147,6 +153,7 @@ def main() -> None:
             tensors, rank = make_inputs(torch, batch, side, d_inner, n, dtype, device)
             orders, _ = scan_orders(side, side, "continuous", device)
             row = dict(shape=shape, d_inner=d_inner, n=n, L=side * side, batch=batch, dtype=args.dtype,
+                       tile=triton_scan.TILE, chunk=triton_scan.CHUNK,
                        full_states_mib=batch * side * side * 4 * d_inner * n * 4 / 2**20)
             seconds, mem = time_fwd_bwd(torch, lambda: fused(tensors, rank, n, orders), tensors, repeats, device)
             n_cblocks = -(-d_inner // triton_scan._blocks(4, d_inner, n)[1])

@@ -189,6 +189,11 @@ def _blocks(groups: int, channels: int, n: int) -> tuple[int, int, int]:
     return block_k, block_c, block_n
 
 
+def _warps(block_k: int, block_c: int, block_n: int) -> int:
+    """Warps per program: about 2 states per thread, 1 to 4 warps."""
+    return max(1, min(4, block_k * block_c * block_n // 64))
+
+
 class _TritonScan(torch.autograd.Function):
     """u, delta: (batch, K, C, L) views of any strides (u may have stride 0 over K); A: (K, C, N);
     B, C: (batch, K, N, L) views; D, bias: (K, C) float32; order: (K, L) int32, step t of group k
@@ -208,7 +213,8 @@ class _TritonScan(torch.autograd.Function):
         _scan_fwd_kernel[grid](
             u, delta, A, B, C, D, bias, order, y, hs,
             L, CH, N, K, n_chunks, order.stride(0), *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *y.stride(),
-            CHUNK=CHUNK, BLOCK_K=block_k, BLOCK_C=block_c, BLOCK_N=block_n, SOFTPLUS=softplus)
+            CHUNK=CHUNK, BLOCK_K=block_k, BLOCK_C=block_c, BLOCK_N=block_n, SOFTPLUS=softplus,
+            num_warps=_warps(block_k, block_c, block_n))
         ctx.save_for_backward(u, delta, A, B, C, D, bias, order, hs)
         ctx.softplus = softplus
         ctx.dtypes = (u.dtype, delta.dtype, B.dtype, C.dtype)
@@ -237,7 +243,8 @@ class _TritonScan(torch.autograd.Function):
             du, ddelta, dB_part, dC_part, dA_part, dD_part, dbias_part,
             L, CH, N, K, n_chunks, batch, order.stride(0),
             *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *dy.stride(), *du.stride(), *ddelta.stride(),
-            CHUNK=CHUNK, BLOCK_K=block_k, BLOCK_C=block_c, BLOCK_N=block_n, SOFTPLUS=ctx.softplus)
+            CHUNK=CHUNK, BLOCK_K=block_k, BLOCK_C=block_c, BLOCK_N=block_n, SOFTPLUS=ctx.softplus,
+            num_warps=_warps(block_k, block_c, block_n))
         dB = dB_part.sum(0).to(ctx.dtypes[2])
         dC = dC_part.sum(0).to(ctx.dtypes[3])
         return du, ddelta, dA_part.sum(0), dB, dC, dD_part.sum(0), dbias_part.sum(0), None, None

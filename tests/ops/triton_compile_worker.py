@@ -43,7 +43,8 @@ def main() -> None:
         constexprs = dict(CHUNK=triton_scan.CHUNK, BLOCK_K=block_k, BLOCK_C=block_c, BLOCK_N=block_n, SOFTPLUS=True)
         for kernel in (triton_scan._scan_fwd_kernel, triton_scan._scan_bwd_kernel):
             compiled = triton.compile(ASTSource(kernel, signature(kernel, io, constexprs), constexprs),
-                                      target=GPUTarget("cuda", arch, 32))
+                                      target=GPUTarget("cuda", arch, 32),
+                                      options={"num_warps": triton_scan._warps(block_k, block_c, block_n)})
             with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
                 f.write(compiled.asm["cubin"])
                 f.flush()
