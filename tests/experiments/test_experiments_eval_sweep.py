@@ -198,3 +198,18 @@ def test_scaling_sweep_collects_the_runs(setup, swept, digits_manifest):
     tiny = rows[4]
     assert tiny.fid is None and tiny.step is None and tiny.gflops > 0 and tiny.images_per_s is None
     assert (setup["root"] / "scaling" / "plots" / "fid_vs_gflops.png").exists()
+
+
+def test_torchrun_ranks_share_the_shards_and_give_the_same_numbers(setup, swept):
+    run_dir = setup["root"] / "torchrun"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "launcher.cli", "evaluate-sweep", str(setup["config"]), f"run_dir={run_dir}", "sample.launcher=auto",
+           "steps=[4]"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_table(str(run_dir / "results.json"))
+    straight = {(r.step, r.guidance_scale): r.fid for r in swept[1]["rows"]}
+    assert [(r.step, r.guidance_scale) for r in rows] == [(4, 1.0), (4, 3.0)]
+    assert all(r.fid == straight[(r.step, r.guidance_scale)] for r in rows)  # the same images, whatever the fan-out
+    # rank 0 reports every shard, each computed by one of the two ranks
+    assert "step00000004_cfg1_ddim4: computed shards [0, 1, 2]" in proc.stdout
