@@ -64,28 +64,37 @@ class EncodeConfig:
     resolution: image side after ADM's centre crop (256, 512, 1024; small values for tests).
     shard_size: images per shard (the last shard may be smaller).
     batch_size: images per VAE forward pass (each is encoded with its flip, so 2x this).
-    verify_checksums: on a rerun, re-read finished shards and check their sha256 (else size only).
+    verify_checksums: on a rerun, re-read finished shards and check their sha256, so a damaged shard
+        is redone (false: trust a recorded size, for very large outputs on remote storage).
     flip: store each image's horizontal flip for the reader's per-epoch flips (ADM); false stores
         the image itself in the flip slot, for data where mirroring changes the class (digits).
     storage_options: fsspec options for ``output`` (endpoint, credentials; never logged).
+    retry_budget_s: how long the storage may stay unreachable (counted over the whole job, from the
+        first failure of an outage to the latest) while failed shards are retried with backoff;
+        then the job stops with one message. 0 = stop at the first such failure.
+    replace: encode into an output that holds a data set made with other settings, deleting it
+        (its manifest first); without it that is refused.
     """
 
     # How the job fans out and checks may change between runs into the same output (lamamba.run_identity).
-    CONTINUATION_KEYS = ("ray", "verify_checksums")
+    CONTINUATION_KEYS = ("ray", "verify_checksums", "retry_budget_s", "replace")
 
     run_dir: str = "runs/encode"
     output: str = ""
     resolution: int = 256
     shard_size: int = 1024
     batch_size: int = 32
-    verify_checksums: bool = False
+    verify_checksums: bool = True
     flip: bool = True
     source: SourceConfig = field(default_factory=SourceConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     storage_options: dict[str, Any] = field(default_factory=dict)
+    retry_budget_s: float = 600.0
+    replace: bool = False
 
     def __post_init__(self) -> None:
+        check_at_least(self, {"retry_budget_s": 0})
         for name in ("resolution", "shard_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")

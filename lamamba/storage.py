@@ -55,6 +55,21 @@ def safe_join(root: str, relative: str, what: str = "path") -> str:
     return join(root, *parts)
 
 
+def is_transient_error(err: BaseException) -> bool:
+    """Whether ``err`` looks like the storage being unreachable (connection refused or reset,
+    timeouts, endpoint errors of botocore/aiohttp) rather than a bad request or a bug: the kind
+    worth retrying with backoff."""
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    try:
+        import aiohttp
+        import botocore.exceptions
+    except ImportError:
+        return False
+    return isinstance(err, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
+                            aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError))
+
+
 def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 

@@ -14,8 +14,11 @@ credentials from AWS_* / LAMAMBA_S3_ENDPOINT or source.storage_options / storage
 Images are centre-cropped the ADM way to `resolution`, encoded with their horizontal flip, and
 written as shards of `shard_size` images to `output` (default <run_dir>/latents): each shard in one
 upload, then <shard>.done.json, then manifest.json last. Rerunning the same command skips finished
-shards and redoes only missing or invalid ones. Corrupt images are skipped and listed in the
-manifest. ray.num_workers=0 encodes in this process without Ray.
+shards and redoes only missing, damaged (sha256) or invalid ones; other settings into an output
+that holds a data set are refused unless replace=true (which deletes it, manifest first). A storage
+outage is retried with backoff until it has lasted retry_budget_s (600 s), then the job stops.
+Corrupt images are skipped and listed in the manifest. ray.num_workers=0 encodes in this process
+without Ray.
 
 Examples:
   lamamba encode configs/encode/imagenet_256.yaml source.path=/data/imagenet/train
