@@ -40,6 +40,7 @@ _SUM = tl.standard._sum_combine
 
 CHUNK = 32  # steps between saved states: memory 1/CHUNK of the full states, scratch CHUNK + 1 states
 MAX_BLOCK_C = 64
+MIN_BLOCK_C = 8
 TILE = 256  # states per program (BLOCK_K x BLOCK_C x BLOCK_N): registers for h, g, dA, A
 
 
@@ -181,12 +182,22 @@ def _scan_bwd_kernel(
     tl.store(dbias_ptr + out_idx, dbias, mask=kc)
 
 
-def _blocks(groups: int, channels: int, n: int) -> tuple[int, int, int]:
+def _blocks(groups: int, channels: int, n: int, batch: int = 1, programs_wanted: int = 0) -> tuple[int, int, int]:
     """(BLOCK_K, BLOCK_C, BLOCK_N): up to 4 groups (the SS2D directions) per program, and channels
-    to fill a tile of about TILE states (untuned: benchmarks/bench_triton_scan.py measures it)."""
+    to fill a tile of about TILE states; then, while the grid has fewer than ``programs_wanted``
+    programs, channel blocks are halved (down to MIN_BLOCK_C): a program walks L sequentially, so
+    the work in flight is the number of programs. Untuned: benchmarks/bench_triton_scan.py."""
     block_k, block_n = min(4, triton.next_power_of_2(groups)), triton.next_power_of_2(n)
     block_c = min(MAX_BLOCK_C, triton.next_power_of_2(channels), max(1, TILE // (block_k * block_n)))
+    while block_c > MIN_BLOCK_C and batch * triton.cdiv(groups, block_k) * triton.cdiv(channels, block_c) \
+            < programs_wanted:
+        block_c //= 2
     return block_k, block_c, block_n
+
+
+def _programs_wanted(device: torch.device) -> int:
+    """Enough programs to keep every SM busy (4 per SM); no target off the GPU."""
+    return 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
 
 
 def _warps(block_k: int, block_c: int, block_n: int) -> int:
@@ -205,7 +216,7 @@ class _TritonScan(torch.autograd.Function):
         batch, K, CH, L = delta.shape
         N = A.shape[-1]
         n_chunks = triton.cdiv(L, CHUNK)
-        block_k, block_c, block_n = _blocks(K, CH, N)
+        block_k, block_c, block_n = _blocks(K, CH, N, batch, _programs_wanted(u.device))
         A, D, bias = (x.float().contiguous() for x in (A, D, bias))
         y = torch.empty_like(delta, dtype=u.dtype)
         hs = torch.empty(batch, K, n_chunks, CH, N, device=u.device, dtype=torch.float32)
@@ -226,7 +237,7 @@ class _TritonScan(torch.autograd.Function):
         batch, K, CH, L = delta.shape
         N = A.shape[-1]
         n_chunks = hs.shape[2]
-        block_k, block_c, block_n = _blocks(K, CH, N)
+        block_k, block_c, block_n = _blocks(K, CH, N, batch, _programs_wanted(u.device))
         grid = (batch, triton.cdiv(K, block_k), triton.cdiv(CH, block_c))
         dev, f32 = u.device, torch.float32
         # du over a stride-0 K axis (the fused core's shared u) gets one slot per k, summed by autograd.

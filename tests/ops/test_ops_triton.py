@@ -229,3 +229,12 @@ def test_fused_core_inside_the_model_matches_the_unfused_path(preset, monkeypatc
     assert relative_error(out_f, out_u) < FP32_TOL
     for name, grad in grads_u.items():
         assert relative_error(grads_f[name], grad) < FP32_TOL, name
+
+
+def test_short_grids_get_finer_channel_blocks(monkeypatch):
+    # S's stage 0 (d_inner 192, N = 1) at batch 8: 24 programs with the default tile, too few for a
+    # GPU with 132 SMs; XL's (640, N = 16) already has 1280.
+    monkeypatch.setattr(triton_scan, "MAX_BLOCK_C", 64)
+    assert triton_scan._blocks(4, 192, 1, batch=8) == (4, 64, 1)
+    assert triton_scan._blocks(4, 192, 1, batch=8, programs_wanted=4 * 132) == (4, 8, 1)
+    assert triton_scan._blocks(4, 640, 16, batch=8, programs_wanted=4 * 132) == (4, 4, 16)

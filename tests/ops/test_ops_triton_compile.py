@@ -23,6 +23,6 @@ def test_kernels_compile_without_spills(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     usage = [json.loads(line) for line in proc.stdout.splitlines()]
     assert {(u["arch"], u["kernel"], u["shape"]) for u in usage} == {
-        (a, k, s) for a in (90, 80) for k in ("_scan_fwd_kernel", "_scan_bwd_kernel") for s in ("S", "XL")}
+        (a, k, s) for a in (90, 80) for k in ("_scan_fwd_kernel", "_scan_bwd_kernel") for s in ("S", "S-132", "XL")}
     for u in usage:  # H100 / H200 (sm_90) and A100 (sm_80)
         assert u["LOCAL"] == 0 and u["REG"] <= 255, u

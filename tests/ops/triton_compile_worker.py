@@ -38,8 +38,10 @@ def signature(kernel, io: str, constexprs: dict) -> dict:
 def main() -> None:
     io, archs = sys.argv[1], [int(a) for a in sys.argv[2:]]
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    for arch, (label, (channels, n)) in ((a, shape) for a in archs for shape in {"S": (192, 1), "XL": (640, 16)}.items()):
-        block_k, block_c, block_n = triton_scan._blocks(4, channels, n)
+    # label -> (d_inner, N, batch, programs wanted): stage-0 shapes; "S-132" as on a GPU with 132 SMs
+    shapes = {"S": (192, 1, 1, 0), "S-132": (192, 1, 8, 4 * 132), "XL": (640, 16, 1, 0)}
+    for arch, (label, (channels, n, batch, wanted)) in ((a, shape) for a in archs for shape in shapes.items()):
+        block_k, block_c, block_n = triton_scan._blocks(4, channels, n, batch, wanted)
         constexprs = dict(CHUNK=triton_scan.CHUNK, BLOCK_K=block_k, BLOCK_C=block_c, BLOCK_N=block_n, SOFTPLUS=True)
         for kernel in (triton_scan._scan_fwd_kernel, triton_scan._scan_bwd_kernel):
             compiled = triton.compile(ASTSource(kernel, signature(kernel, io, constexprs), constexprs),
