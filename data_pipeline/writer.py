@@ -19,7 +19,7 @@ from data_pipeline.preprocess import hflip, to_model_input
 from data_pipeline.shard_plan import PlannedShard, sample_key
 from data_pipeline.sources import load_image
 from lamamba import storage
-from lamamba.autoencoders import Autoencoder, AutoencoderConfig, build_autoencoder
+from lamamba.autoencoders import Autoencoder, AutoencoderConfig, build_autoencoder, check_finite
 from lamamba.data.shard_format import ShardSample, pack_shard
 
 # What a corrupt or unreadable image raises while being read and decoded.
@@ -73,6 +73,8 @@ def encode_shard(shard: PlannedShard, encoder: Autoencoder, *, output: str, reso
     samples = []
     if kept:
         moments = encode_images(encoder, torch.stack(tensors), batch_size, flip)
+        # what would be stored (float16): a NaN/inf latent fails the shard, naming the image
+        check_finite(moments, f"shard {shard.tar_name}: latents", [f"item {item.key!r}" for _, item in kept])
         samples = [ShardSample(sample_key(pos), moments[i], item.label, item.key)
                    for i, (pos, item) in enumerate(kept)]
     data = pack_shard(samples)

@@ -3,7 +3,8 @@
 Three kinds share one interface (:class:`Autoencoder`):
 
 - ``"sd-vae"``: diffusers' ``AutoencoderKL`` (sd-vae-ft-mse) from a local directory or a hub id;
-  float16 (or bfloat16) on a GPU, float32 on the CPU. Latents: 4 channels at 1/8 resolution,
+  bfloat16 on a GPU by default (float16 tops out at 65504 and VAE activations can exceed it, which
+  turns into NaN; bfloat16 has float32's range), float32 on request and always on the CPU. Latents: 4 channels at 1/8 resolution,
   scale factor 0.18215 (docs/protocols.md, *Images to latents*).
 - ``"tiny-vae"``: an ``AutoencoderKL`` of the same latent shape (4 channels, /8) with a few
   thousand random weights drawn from a fixed seed, so every process builds the same network. For
@@ -19,7 +20,7 @@ so a sampler divides the model's output by ``scale_factor`` before decoding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 
@@ -33,8 +34,8 @@ class AutoencoderConfig:
 
     kind: "sd-vae" | "tiny-vae" | "identity".
     path_or_id: for "sd-vae", a local diffusers directory or a hub id (loaded offline if cached).
-    dtype: "auto" (float16 on GPU, float32 on CPU) or an explicit float32/float16/bfloat16; the CPU
-        always computes in float32.
+    dtype: "auto" (bfloat16 on GPU, float32 on CPU) or an explicit float32/float16/bfloat16; the
+        CPU always computes in float32.
     image_channels: channels of the input images (3 for RGB, 1 for grayscale digits).
     """
 
@@ -53,6 +54,21 @@ class AutoencoderConfig:
     def name(self) -> str:
         """The name recorded in manifests, e.g. ``sd-vae:stabilityai/sd-vae-ft-mse``."""
         return f"sd-vae:{self.path_or_id}" if self.kind == "sd-vae" else self.kind
+
+
+class NonFiniteError(ValueError):
+    """A latent or an image holds NaN or inf: it is never written; the message names the items."""
+
+
+def check_finite(values, what: str, names: Sequence) -> None:
+    """Raise :class:`NonFiniteError` if any item of ``values`` (a tensor or array whose first axis
+    runs along ``names``) holds a NaN or an infinity, naming the first few such items."""
+    finite = torch.isfinite(torch.as_tensor(values)).reshape(len(names), -1).all(1)
+    if bool(finite.all()):
+        return
+    bad = [str(names[i]) for i in torch.nonzero(~finite).flatten().tolist()]
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    raise NonFiniteError(f"{what}: non-finite values (NaN or inf) in {', '.join(bad[:5])}{more}")
 
 
 class Autoencoder:
@@ -96,7 +112,7 @@ class Autoencoder:
 def _compute_dtype(cfg: AutoencoderConfig, device: torch.device) -> torch.dtype:
     if device.type == "cpu":
         return torch.float32  # half-precision convolutions on CPU are slow and not what was validated
-    return torch.float16 if cfg.dtype == "auto" else _DTYPES[cfg.dtype]
+    return torch.bfloat16 if cfg.dtype == "auto" else _DTYPES[cfg.dtype]
 
 
 def tiny_vae(image_channels: int = 3) -> torch.nn.Module:

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from lamamba import storage
-from lamamba.autoencoders import build_autoencoder
+from lamamba.autoencoders import build_autoencoder, check_finite
 from lamamba.config import ConfigError, config_hash, redacted, to_dict
 from lamamba.devices import set_tf32
 from lamamba.diffusion import create_diffusion, guided_forward
@@ -116,7 +116,11 @@ class ShardSampler:
         loop = self.diffusion.ddim_sample_loop if self.cfg.sampler == "ddim" else self.diffusion.p_sample_loop
         kwargs = {"eta": self.cfg.eta} if self.cfg.sampler == "ddim" else {}
         latents = loop(self._model_fn, shape, model_kwargs={"y": y}, generators=gens, device=self.device, **kwargs)
-        return to_uint8(self.autoencoder.decode(latents / self.autoencoder.scale_factor))
+        names = [f"sample {i}" for i in indices]
+        check_finite(latents, "sampled latents", names)  # a NaN would become a black image and move FID
+        images = self.autoencoder.decode(latents / self.autoencoder.scale_factor)
+        check_finite(images, "decoded images", names)
+        return to_uint8(images)
 
     def run_shard(self, shard: int, bar: tqdm | None = None) -> int:
         """Sample shard ``shard`` and write it (done-marker last); returns the number of samples."""

@@ -143,3 +143,24 @@ def test_failure_between_upload_and_marker_then_rerun(ray_encode, image_tree, tm
     _, verified = ray_encode(run_dir, image_tree)  # the default re-reads: the damage is redone
     assert verified.shards_written == ["shard-000004.tar"]
     assert json.loads((out / "manifest.json").read_text())["id"] == manifest["id"]
+
+
+def test_a_non_finite_latent_fails_its_shard_naming_the_image(encode, image_tree, tmp_path, monkeypatch):
+    """A NaN latent was written into the shard (and trained on); now the shard fails, naming the
+    image, and nothing of it is written."""
+    import data_pipeline.writer as writer
+
+    real = writer.encode_images
+
+    def nan_for_the_second(encoder, images, batch_size, flip=True):
+        moments = real(encoder, images, batch_size, flip)
+        moments[1, 0, 1] = np.inf  # the std of the second image overflows float16
+        return moments
+
+    monkeypatch.setattr(writer, "encode_images", nan_for_the_second)
+    run_dir = tmp_path / "run"
+    with pytest.raises(EncodeError) as err:
+        encode(run_dir, f"source.path={image_tree}", "autoencoder.kind=identity", f"resolution={RESOLUTION}",
+               "shard_size=4", "ray.num_workers=0", "ray.max_retries=0")
+    assert "non-finite values (NaN or inf) in item" in str(err.value)
+    assert not list(run_dir.rglob("*.tar"))

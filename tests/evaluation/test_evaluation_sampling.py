@@ -256,3 +256,21 @@ def test_a_marker_pointing_outside_the_sample_set_is_refused(work, tmp_path):
     (out / "shard_00000.done").write_text(json.dumps(marker))
     with pytest.raises(SampleSetError, match="elsewhere.npz"):
         collect_sample_features(str(out), ProjectionExtractor())
+
+
+def test_a_non_finite_image_is_an_error_naming_the_sample(work, tmp_path, monkeypatch):
+    """A NaN image would have been written as a black PNG (uint8 of NaN) and moved FID silently."""
+    from lamamba.autoencoders import Autoencoder, NonFiniteError
+
+    decode = Autoencoder.decode
+
+    def nan_for_one(self, latents):
+        images = decode(self, latents)
+        images[1, 0, 2, 3] = float("nan")
+        return images
+
+    monkeypatch.setattr(Autoencoder, "decode", nan_for_one)
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteError, match=r"decoded images: non-finite values \(NaN or inf\) in sample 1$"):
+        run_sampling(load_config(SampleConfig, None, [*BASE, f"checkpoint={work['ckpt']}", f"out={out}"]))
+    assert not done_shards(str(out))
