@@ -68,9 +68,10 @@ class SS2D(nn.Module):
         b, h, w, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         z = F.silu(z)
-        # meta tensors (FLOP counting) only propagate shapes: no backend is resolved for them.
+        # meta tensors (FLOP counting) only propagate shapes, through the unfused path: no backend is
+        # resolved for them (selective_scan returns an empty tensor of the right shape).
         backend = self.backend if x.device.type == "meta" else resolve_backend(self.backend, x.device, self.d_state)
-        if backend == "triton":
+        if backend == "triton" and x.device.type != "meta":
             # A channels-last conv output, so that the fused core reads contiguous channels.
             x = self.conv2d(x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
             y = self.fused_scan_2d(F.silu(x).permute(0, 2, 3, 1))  # (B, H, W, d_inner)
