@@ -1,117 +1,186 @@
-"""Reader throughput: LatentLoader vs a one-.npy-per-sample loader (fast-DiT's layout), same run.
+"""The streaming latent reader: start-up, throughput, CPU cost, disk and memory, object-store
+concurrency, and what the two-level order costs in mixing.
 
-Writes N synthetic 32x32x4 latent samples as tar shards + manifest (the reader's input; encoding
-speed is measured by bench_encode.py) and the same samples as fast-DiT's features/<i>.npy +
-labels/<i>.npy, then times batches of both with 0 and 2 DataLoader workers.
+Synthetic data sets (random float16 moments in the real shard format, ImageNet-like class-sorted
+labels dealt into strided shards) of a given latent size, each many times the cache limit.
 
-  PYTHONPATH=. python benchmarks/bench_reader.py [--samples 20000] [--batch 256] [--dir runs/bench_reader] [--reuse]
+  PYTHONPATH=. python benchmarks/bench_reader.py mixing
+      class mix of global batches: full permutation vs two-level (strided and consecutive shards)
+  PYTHONPATH=. python benchmarks/bench_reader.py local --latent 32 --samples 40000 --limit-mb 64
+      (a) time to first batch for 1/4 and all of the data set, (b) samples/s and CPU-s/sample from
+      local files through the bounded cache, (d) peak disk and RSS, and warm-cache samples/s
+  PYTHONPATH=. python benchmarks/bench_reader.py s3 --latent 32 --latency 0.05
+      (c) through a proxy adding --latency s per request in front of a moto S3 server: shard
+      throughput for 1..16 fetches in flight
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import json
 import os
+import resource
 import shutil
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
-from data_pipeline.manifest import build_manifest, write_manifest
+from data_pipeline.synthetic import write_synthetic
 from lamamba import storage
-from lamamba.data import LatentLoader
-from lamamba.data.shard_format import ShardSample, pack_shard
-
-C, S = 4, 32
+from lamamba.data import LatentLoader, ShardCache, epoch_order
+from lamamba.data.cache import ShardRef
 
 
-def write_dataset(root: str, samples: int, shard_size: int) -> str:
-    """Random float16 moments in the shard format plus fast-DiT's per-sample .npy files."""
+def _dir_bytes(folder: str) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def mixing(args) -> None:
+    """Class histograms of global batches against the data set's (ImageNet: 1000 x 1281, sorted)."""
+    classes, per_class, batch = 1000, 1281, args.batch
+    labels = np.repeat(np.arange(classes), per_class)  # the listing, sorted by class
+    n = len(labels)
     rng = np.random.default_rng(0)
-    out = os.path.join(root, "shards")
-    os.makedirs(os.path.join(root, "features"))
-    os.makedirs(os.path.join(root, "labels"))
-    records = []
-    for shard, start in enumerate(range(0, samples, shard_size)):
-        batch = []
-        for i in range(start, min(start + shard_size, samples)):
-            moments = rng.standard_normal((2, 2, C, S, S), dtype=np.float32).astype(np.float16)
-            moments[:, 1] = np.abs(moments[:, 1]) * 0.1
-            label = int(rng.integers(1000))
-            batch.append(ShardSample(f"{i:09d}", moments, label, f"img/{i}.JPEG"))
-            # fast-DiT stores one already-sampled, already-flipped latent (1, C, S, S) float32 per image
-            np.save(os.path.join(root, "features", f"{i}.npy"), moments[0, 0][None].astype(np.float32))
-            np.save(os.path.join(root, "labels", f"{i}.npy"), np.array([label]))
-        data = pack_shard(batch)
-        name = f"shard-{shard:06d}.tar"
-        storage.write_bytes(os.path.join(out, name), data)
-        records.append({"name": name, "num_items": len(batch), "size": len(data),
-                        "sha256": hashlib.sha256(data).hexdigest(), "skipped": [], "latent_channels": C,
-                        "latent_size": S, "scale_factor": 0.18215})
-    manifest = build_manifest(records, autoencoder="synthetic", resolution=S * 8, num_classes=1000,
-                              class_names=[], image_channels=3, source="synthetic")
-    write_manifest(out, manifest, None)
-    return out
+    print(f"ImageNet-shaped listing: {n} samples, {classes} classes; global batch {batch}; 400 batches of epoch 0")
+    print("order                                        distinct classes/batch   TV to uniform   classes/block")
+
+    def report(name, order_index, shard_labels, blocks=None):
+        starts = rng.integers(0, n - batch, 400)
+        distinct = [len(np.unique(shard_labels[order_index[s:s + batch]])) for s in starts]
+        tv = [0.5 * np.abs(np.bincount(shard_labels[order_index[s:s + batch]], minlength=classes) / batch
+                           - 1 / classes).sum() for s in starts]
+        per_block = "" if blocks is None else f"{np.mean(blocks):14.0f}"
+        print(f"{name:44s} {np.mean(distinct):12.1f} {np.mean(tv):20.3f} {per_block}")
+
+    report("full permutation", rng.permutation(n), labels)
+    for shard_size, block_shards, px in ((2048, 64, 256), (256, 64, 1024), (256, 16, 1024)):
+        count = -(-n // shard_size)
+        for plan in ("strided", "consecutive"):
+            if plan == "strided":  # shard i = listing positions i, i + count, ...
+                shards = [np.arange(i, n, count) for i in range(count)]
+            else:
+                shards = [np.arange(i * shard_size, min((i + 1) * shard_size, n)) for i in range(count)]
+            dataset_labels = labels[np.concatenate(shards)]
+            sizes = tuple(len(s) for s in shards)
+            order = epoch_order(0, 0, sizes, block_shards)
+            block_classes = [len(np.unique(dataset_labels[order.index[a:b]]))
+                             for a, b in zip(np.concatenate([[0], order.block_end[:-1]]), order.block_end)]
+            report(f"{px} px: shards of {shard_size}, blocks of {block_shards} ({plan})", order.index,
+                   dataset_labels, block_classes)
 
 
-class NpyPerSample(Dataset):
-    """fast-DiT's CustomDataset: np.load of features/<i>.npy and labels/<i>.npy per item."""
-
-    def __init__(self, root: str, n: int):
-        self.root, self.n = root, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int):
-        x = np.load(os.path.join(self.root, "features", f"{i}.npy"))
-        y = np.load(os.path.join(self.root, "labels", f"{i}.npy"))
-        return torch.from_numpy(x), torch.from_numpy(y)
+def _loader(url, cache, args, **kw):
+    return LatentLoader(url, args.batch, 0, 1, seed=0, cache_dir=cache, cache_limit_gb=args.limit_mb / 1e3,
+                        block_shards=args.block_shards, fetch_workers=args.fetch_workers, **kw)
 
 
-def rate(iterator, batch: int, steps: int, warmup: int = 3) -> tuple[float, float]:
-    """(samples per wall second, samples per CPU second of this process)."""
-    for _ in range(warmup):
-        next(iterator)
+def _rate(loader, steps):
+    it = iter(loader)
+    next(it)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
-        next(iterator)
-    return steps * batch / (time.perf_counter() - wall), steps * batch / (time.process_time() - cpu)
+        next(it)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return steps * loader.global_batch / wall, cpu / (steps * loader.global_batch)
+
+
+def local(args) -> None:
+    root = args.dir
+    shutil.rmtree(root, ignore_errors=True)
+    sample_bytes = 2 * 2 * 4 * args.latent * args.latent * 2
+    print(f"latent {args.latent}x{args.latent}x4 ({sample_bytes / 1024:.0f} KiB/sample with both flips), "
+          f"batch {args.batch}, shards of {args.shard_size}, blocks of {args.block_shards}, "
+          f"cache limit {args.limit_mb} MB, cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
+    urls = {}
+    for fraction in (4, 1):
+        t = time.perf_counter()
+        urls[fraction] = write_synthetic(f"{root}/data{fraction}", args.samples // fraction, args.shard_size,
+                                         latent_size=args.latent, num_classes=1000)
+        size = _dir_bytes(f"{root}/data{fraction}")
+        print(f"data set 1/{fraction}: {args.samples // fraction} samples, {size / 1e6:.0f} MB "
+              f"({size / (args.limit_mb * 1e6):.0f}x the limit), written in {time.perf_counter() - t:.0f} s")
+    for fraction, url in urls.items():
+        cache = f"{root}/cache-first{fraction}"
+        t = time.perf_counter()
+        next(iter(_loader(url, cache, args)))
+        print(f"(a) time to first batch, data set 1/{fraction}: {time.perf_counter() - t:.2f} s")
+    url, cache = urls[1], f"{root}/cache"
+    loader = _loader(url, cache, args)
+    n = loader.manifest["num_items"]
+    steps = min(args.steps, n // args.batch - 2)
+    rate, cpu = _rate(loader, steps)
+    cache_obj = loader.reader.cache
+    print(f"(b) streaming from local files, 0 workers: {rate:,.0f} samples/s, {cpu * 1e6:.0f} CPU-us/sample "
+          f"({1 / cpu:,.0f} samples per CPU-second); {len(cache_obj.downloaded)} shards fetched")
+    print(f"(d) peak cache on disk {cache_obj.peak_bytes() / 1e6:.0f} MB (limit {args.limit_mb} MB); "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    loader.close()
+    warm = f"{root}/cache-warm"
+    _loader(url, warm, args).close()
+    big = LatentLoader(url, args.batch, 0, 1, seed=0, cache_dir=warm, cache_limit_gb=1e3,
+                       block_shards=args.block_shards, fetch_workers=args.fetch_workers)
+    list(zip(range(n // args.batch + 1), big))  # one epoch: every shard is now local
+    rate, cpu = _rate(big, steps)
+    print(f"warm local cache, one process: {rate:,.0f} samples/s, {cpu * 1e6:.0f} CPU-us/sample "
+          f"({1 / cpu:,.0f} samples per CPU-second)")
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def s3(args) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.conftest import FlakyProxy, S3Server  # the test suite's moto server and latency proxy
+
+    root = args.dir
+    shutil.rmtree(root, ignore_errors=True)
+    url = write_synthetic(f"{root}/data", args.samples, args.shard_size, latent_size=args.latent, num_classes=1000)
+    manifest = json.loads(Path(url).read_text())
+    server = S3Server()
+    try:
+        options = server.bucket("bench")
+        fs, _ = storage.filesystem("s3://bench", options)
+        fs.put(str(Path(url).parent), "bench/data", recursive=True)
+        shard_bytes = np.mean([s["size"] for s in manifest["shards"]])
+        print(f"{len(manifest['shards'])} shards of {shard_bytes / 1e6:.1f} MB; proxy latency {args.latency * 1e3:.0f} ms "
+              f"per request; cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
+        print("fetches in flight   MB/s    samples/s   s per shard")
+        refs = [ShardRef(f"s3://bench/data/{s['name']}", s["sha256"], s["size"]) for s in manifest["shards"]]
+        for inflight in (1, 2, 4, 8, 16):
+            proxy = FlakyProxy(server.address, latency_s=args.latency)
+            cache = ShardCache(f"{root}/cache{inflight}", 10 ** 12, dict(options, endpoint_url=proxy.endpoint))
+            t = time.perf_counter()
+            with ThreadPoolExecutor(inflight) as pool:
+                list(pool.map(cache.pin, refs))
+            wall = time.perf_counter() - t
+            got = sum(r.size for r in refs)
+            print(f"{inflight:17d} {got / wall / 1e6:7.1f} {len(refs) * args.shard_size / wall:11,.0f} "
+                  f"{wall * inflight / len(refs):10.2f}")
+            proxy.stop()
+    finally:
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=20000)
+    parser.add_argument("mode", choices=["mixing", "local", "s3"])
+    parser.add_argument("--latent", type=int, default=32, help="latent side: 32 = 256 px, 128 = 1024 px")
+    parser.add_argument("--samples", type=int, default=40000)
+    parser.add_argument("--shard-size", type=int, default=256)
+    parser.add_argument("--block-shards", type=int, default=4)
+    parser.add_argument("--fetch-workers", type=int, default=4)
+    parser.add_argument("--limit-mb", type=float, default=64)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--dir", default="runs/bench_reader")
-    parser.add_argument("--reuse", action="store_true", help="keep a dataset already written in --dir")
+    parser.add_argument("--keep", action="store_true", help="keep the data sets in --dir")
     args = parser.parse_args()
-    shards = os.path.join(args.dir, "shards")
-    if args.reuse and os.path.exists(os.path.join(shards, "manifest.json")):
-        print(f"reusing the dataset in {args.dir}")
-    else:
-        shutil.rmtree(args.dir, ignore_errors=True)
-        t = time.perf_counter()
-        write_dataset(args.dir, args.samples, shard_size=1000)
-        print(f"wrote {args.samples} samples in {time.perf_counter() - t:.1f} s")
-        t = time.perf_counter()
-        LatentLoader(shards, args.batch, 0, 1, seed=0, cache_dir=os.path.join(args.dir, "cache"))
-        print(f"first open (download, verify, decode into the cache): {time.perf_counter() - t:.1f} s")
-    print(f"batch {args.batch}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print("loader                     workers   samples/s   samples/CPU-s of the main process")
-    for workers in (0, 2):
-        loader = LatentLoader(shards, args.batch, 0, 1, seed=0, num_workers=workers,
-                              cache_dir=os.path.join(args.dir, "cache"))
-        wall, cpu = rate(iter(loader), args.batch, args.steps)
-        print(f"LatentLoader (shards)      {workers:>7} {wall:11.0f} {cpu:11.0f}")
-        npy = DataLoader(NpyPerSample(args.dir, args.samples), batch_size=args.batch, shuffle=True,
-                         num_workers=workers, drop_last=True, persistent_workers=workers > 0)
-        wall, cpu = rate(iter(npy), args.batch, min(args.steps, args.samples // args.batch - 4))
-        print(f"one .npy per sample        {workers:>7} {wall:11.0f} {cpu:11.0f}")
+    {"mixing": mixing, "local": local, "s3": s3}[args.mode](args)
 
 
 if __name__ == "__main__":

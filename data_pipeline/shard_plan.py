@@ -3,6 +3,13 @@
 It is a pure function of the source listing, the shard size, the resolution and the autoencoder,
 and each planned shard carries a digest of exactly those inputs; a done-marker whose digest
 differs belongs to another plan and does not count as done.
+
+Shards are strided, not consecutive: with n shards, shard i holds the items at listing positions
+i, i + n, i + 2n, ... Listings come sorted by class (ImageNet's synset folders), so a consecutive
+cut would give shards of one or two classes, and the reader's two-level order (shuffled blocks of
+shards, samples shuffled within a block) would then feed whole global batches from a few dozen
+classes. A strided shard is a cross-section of the listing: every block's class mix is close to
+the data set's (docs/data.md measures it).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from data_pipeline.sources import SourceItem
 class PlannedShard:
     index: int
     name: str  # "shard-000012" (the tar is <name>.tar, its marker <name>.done.json)
-    start: int  # plan position of the first item; sample keys are plan positions
+    positions: tuple[int, ...]  # listing positions of the items; sample keys are these positions
     items: tuple[SourceItem, ...]
     digest: str
 
@@ -32,13 +39,16 @@ class PlannedShard:
 
 
 def plan_shards(items: list[SourceItem], shard_size: int, resolution: int, autoencoder: str) -> list[PlannedShard]:
-    """Cut ``items`` (in listing order) into consecutive shards of ``shard_size`` items."""
+    """Deal ``items`` (in listing order) into ceil(N / ``shard_size``) strided shards of at most
+    ``shard_size`` items (sizes differ by at most one)."""
+    count = -(-len(items) // shard_size)
     shards = []
-    for index, start in enumerate(range(0, len(items), shard_size)):
-        chunk = tuple(items[start:start + shard_size])
-        blob = json.dumps([resolution, autoencoder, start, [(i.key, i.label) for i in chunk]]).encode()
+    for index in range(count):
+        positions = tuple(range(index, len(items), count))
+        chunk = tuple(items[p] for p in positions)
+        blob = json.dumps([resolution, autoencoder, positions, [(i.key, i.label) for i in chunk]]).encode()
         digest = hashlib.sha256(blob).hexdigest()[:16]
-        shards.append(PlannedShard(index, f"shard-{index:06d}", start, chunk, digest))
+        shards.append(PlannedShard(index, f"shard-{index:06d}", positions, chunk, digest))
     return shards
 
 

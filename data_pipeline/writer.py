@@ -55,6 +55,15 @@ def encode_images(encoder: Autoencoder, images: torch.Tensor, batch_size: int, f
     return np.concatenate(out)
 
 
+def write_shard(output: str, tar_name: str, samples: list[ShardSample], storage_options: dict | None = None
+                ) -> dict[str, Any]:
+    """Pack ``samples`` (webdataset's TarWriter) and upload the tar in one write; returns the
+    manifest's entry for it (name, num_items, sha256, size)."""
+    data = pack_shard(samples)
+    storage.write_bytes(storage.join(output, tar_name), data, storage_options)
+    return {"name": tar_name, "num_items": len(samples), "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
 def marker_url(output: str, shard: PlannedShard) -> str:
     return storage.join(output, shard.marker_name)
 
@@ -67,7 +76,7 @@ def encode_shard(shard: PlannedShard, encoder: Autoencoder, *, output: str, reso
     for offset, item in enumerate(shard.items):
         try:
             tensors.append(to_model_input(load_image(item, source_options), resolution, encoder.image_channels))
-            kept.append((shard.start + offset, item))
+            kept.append((shard.positions[offset], item))
         except IMAGE_ERRORS as err:
             skipped.append({"key": item.key, "error": f"{type(err).__name__}: {err}"})
     samples = []
@@ -77,14 +86,9 @@ def encode_shard(shard: PlannedShard, encoder: Autoencoder, *, output: str, reso
         check_finite(moments, f"shard {shard.tar_name}: latents", [f"item {item.key!r}" for _, item in kept])
         samples = [ShardSample(sample_key(pos), moments[i], item.label, item.key)
                    for i, (pos, item) in enumerate(kept)]
-    data = pack_shard(samples)
-    storage.write_bytes(storage.join(output, shard.tar_name), data, storage_options)
     record = {
-        "name": shard.tar_name,
+        **write_shard(output, shard.tar_name, samples, storage_options),
         "digest": shard.digest,
-        "num_items": len(samples),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size": len(data),
         "skipped": skipped,
         "latent_channels": encoder.latent_channels,
         "latent_size": resolution // encoder.downsample,

@@ -22,6 +22,8 @@ PURPOSES = {
     "noise": 4,
     "label_drop": 5,
     "sample": 6,
+    "shard_order": 7,
+    "block_order": 8,
 }
 
 

@@ -31,6 +31,7 @@ class S3Server:
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
+        self.address = (host, int(port))
         self.endpoint = f"http://{host}:{port}"
         # s3fs storage options; the same values as environment variables for code that reads them.
         self.options = {"endpoint_url": self.endpoint, "key": "testing", "secret": "testing"}
@@ -69,3 +70,105 @@ def digits_manifest(tmp_path_factory) -> str:
                        source=SourceConfig(kind="digits", split="train"),
                        autoencoder=AutoencoderConfig(kind="identity", image_channels=1), ray=RayConfig(num_workers=0))
     return run_encode(cfg).manifest_url
+
+
+class FlakyProxy:
+    """A TCP proxy on a free loopback port in front of ``upstream`` (host, port) that behaves like
+    object storage over a real network: every request chunk from the client waits ``latency_s``
+    before it is forwarded, and every ``cut_every``-th connection is reset once it has carried
+    ``cut_after`` bytes of response (0 = never). ``cuts`` counts the resets, ``connections`` the
+    connections accepted."""
+
+    def __init__(self, upstream: tuple[str, int], latency_s: float = 0.0, cut_every: int = 0, cut_after: int = 4096):
+        import socket
+        import threading
+
+        self.upstream, self.latency_s, self.cut_every, self.cut_after = upstream, latency_s, cut_every, cut_after
+        self.connections = self.cuts = 0
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                cut = bool(self.cut_every) and self.connections % self.cut_every == 0
+            threading.Thread(target=self._serve, args=(client, cut), daemon=True).start()
+
+    def _serve(self, client, cut: bool) -> None:
+        import socket
+        import struct
+        import threading
+        import time
+
+        try:
+            upstream = socket.create_connection(self.upstream)
+        except OSError:
+            client.close()
+            return
+
+        def reset() -> None:
+            for sock in (client, upstream):
+                try:  # SO_LINGER 0: the peer sees a connection reset, as from a dropped route
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes the other direction's blocked recv
+                except OSError:
+                    pass
+                sock.close()
+
+        def requests() -> None:
+            try:
+                while data := client.recv(65536):
+                    time.sleep(self.latency_s)
+                    upstream.sendall(data)
+            except OSError:
+                pass
+            finally:
+                try:
+                    upstream.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
+        threading.Thread(target=requests, daemon=True).start()
+        sent = 0
+        try:
+            while data := upstream.recv(65536):
+                if cut and sent + len(data) > self.cut_after:
+                    client.sendall(data[:max(self.cut_after - sent, 0)])
+                    with self._lock:
+                        self.cuts += 1
+                    reset()
+                    return
+                client.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        reset()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._server.close()
+
+
+@pytest.fixture
+def flaky_proxy():
+    """``flaky_proxy((host, port), latency_s=..., cut_every=..., cut_after=...) -> FlakyProxy``,
+    stopped after the test."""
+    proxies = []
+
+    def make(upstream, **options):
+        proxies.append(FlakyProxy(upstream, **options))
+        return proxies[-1]
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()

@@ -1,137 +1,293 @@
-"""The local cache a manifest's shards are decoded into once: one memory-mapped array per dataset.
+"""A node's bounded cache of shard files, shared by every reader process on it (ranks, DataLoader
+workers, other runs).
 
-Random access over the whole dataset (the order is a permutation of all of it) is cheap from a
-memory map and ruinous from tar streams, so the first loader on a machine downloads every shard,
-checks its size and sha256 against the manifest, decodes it, and writes the moments of all
-samples into ``<cache_dir>/<manifest id>/moments.npy`` (N, 2, 2, C, h, w) float16 and the labels
-into ``labels.npy``; a ``COMPLETE`` file marks the cache usable. A file lock makes concurrent
-loaders (ranks, DataLoader workers) build it once. Processes then share the page cache.
+Layout under the cache root: ``shards/<sha256>.tar`` (content-addressed: a file is named by the
+checksum it was verified against, so two data sets or two runs sharing a shard share one copy,
+and a hand-edited manifest can never make a reader trust another shard's bytes),
+``shards/<sha256>.<size>.partial`` while it downloads, ``locks/<sha256>.lock`` per shard and
+``cache.lock`` for the space accounting.
+
+- Pins: a reader holds a shared ``flock`` on a shard's lock file for as long as it may read the
+  shard; eviction takes the exclusive lock without waiting, so a pinned shard is never removed.
+  Locks die with their process, so a crashed reader pins nothing.
+- One download per shard: the fetching process holds the shard's exclusive lock; others block on
+  their shared lock and then find the file in place. A download streams into the partial file
+  (bounded memory), is checked against the manifest's size and sha256, and is renamed into place.
+- The limit: before a download the bytes are reserved under ``cache.lock`` (the partial file,
+  which carries its final size in its name, is created inside that critical section), evicting the
+  least recently pinned unpinned shards first; files on disk therefore never exceed the limit. If
+  live pins leave no room, the reservation waits for readers to move on, then fails with the fix.
+- Object storage: transient failures (connection drops, timeouts, a checksum mismatch in transit)
+  are retried with exponential backoff; a missing shard, or one still wrong after the retries, is a
+  :class:`ShardError` naming it. No sample is ever skipped.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
+import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-
-import numpy as np
-from tqdm import tqdm
+import threading
+import time
+from dataclasses import dataclass
 
 from lamamba import storage
-from lamamba.data.shard_format import ShardError, unpack_shard
+from lamamba.data.shard_format import ShardError
 
-MANIFEST_NAME = "manifest.json"
-REQUIRED_KEYS = ("id", "num_items", "shards", "resolution", "latent_size", "channels", "scale_factor", "num_classes")
+log = logging.getLogger("lamamba.data")
 
-
-def manifest_url_of(url: str) -> str:
-    """Accept the manifest file's URL or the shard folder's."""
-    return url if url.endswith(".json") else storage.join(url, MANIFEST_NAME)
+CHUNK = 8 << 20  # bytes per read of a download (one range request on an object store)
 
 
-def read_manifest(url: str, storage_options: dict | None = None) -> dict[str, Any]:
-    """Read and check a manifest (``url`` = the file or its folder)."""
-    url = manifest_url_of(url)
-    try:
-        manifest = json.loads(storage.read_bytes(url, storage_options))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no manifest at {url} (has the encode job finished?)") from None
-    except ValueError as err:
-        raise ValueError(f"manifest {url} is not valid JSON: {err}") from None
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise ValueError(f"manifest {url} lacks {missing}")
-    return manifest
+class CacheFullError(RuntimeError):
+    """The cache limit cannot hold what the live readers on this node need at once."""
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """What the manifest says about one shard: where it is and what its bytes must be."""
+
+    url: str
+    sha256: str
+    size: int
 
 
 def default_cache_dir() -> str:
     return os.environ.get("LAMAMBA_DATA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lamamba", "latents")
 
 
-class LatentArrays:
-    """The decoded dataset of one manifest: ``moments`` (N, 2, 2, C, h, w) float16 memmap, ``labels`` (N,).
+def _try_exclusive(path: str) -> int | None:
+    """An fd holding ``path``'s exclusive flock, or None if someone holds a lock on it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
-    Picklable without copying the data: a process that unpickles it reopens the memory maps.
+
+class ShardCache:
+    """The cache under ``root``, at most ``limit_bytes`` of shard files on disk.
+
+    ``pin(ref)`` returns the local path of the verified shard (fetching it if needed) and keeps it
+    pinned until ``unpin(ref)``; pins are counted per process, so threads may pin one shard twice.
+
+    Args:
+        root: the cache folder (created); shared by every run on the node.
+        limit_bytes: most bytes of shard files (complete and partial) on disk at any time.
+        storage_options: fsspec options for reading the shards.
+        attempts: tries per shard download before it is an error.
+        backoff_s: the first retry's wait; doubled per retry, at most 16x.
+        space_timeout_s: how long a download waits for pinned shards to be released.
     """
 
-    def __init__(self, manifest_url: str, storage_options: dict | None = None, cache_dir: str | None = None):
-        self.manifest_url = manifest_url_of(manifest_url)
+    def __init__(self, root: str, limit_bytes: int, storage_options: dict | None = None, *, attempts: int = 6,
+                 backoff_s: float = 0.5, space_timeout_s: float = 600.0):
+        self.root = root
+        self.limit_bytes = int(limit_bytes)
         self.storage_options = storage_options
-        self.manifest = read_manifest(self.manifest_url, storage_options)
-        self.directory = os.path.join(cache_dir or default_cache_dir(), self.manifest["id"])
-        self._ensure_built()
-        self._moments: np.ndarray | None = None
-        self._labels: np.ndarray | None = None
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.space_timeout_s = space_timeout_s
+        self.downloaded: list[str] = []  # urls this process fetched (tests and benchmarks read it)
+        for sub in ("shards", "locks"):
+            os.makedirs(os.path.join(root, sub), exist_ok=True)
+        self._pins: dict[str, list[int]] = {}  # sha256 -> [lock fd, count]
+        self._guard = threading.Lock()
+        self._fetching: dict[str, threading.Lock] = {}
 
-    def __len__(self) -> int:
-        return int(self.manifest["num_items"])
+    def path(self, ref: ShardRef) -> str:
+        return os.path.join(self.root, "shards", f"{ref.sha256}.tar")
 
-    @property
-    def moments(self) -> np.ndarray:
-        if self._moments is None:
-            self._moments = np.load(os.path.join(self.directory, "moments.npy"), mmap_mode="r")
-        return self._moments
+    def _lock_path(self, sha: str) -> str:
+        return os.path.join(self.root, "locks", f"{sha}.lock")
 
-    @property
-    def labels(self) -> np.ndarray:
-        if self._labels is None:
-            self._labels = np.load(os.path.join(self.directory, "labels.npy"))
-        return self._labels
+    # -- pins ---------------------------------------------------------------------------------
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_moments": None, "_labels": None}
+    def pin(self, ref: ShardRef, wait: bool = True) -> str:
+        """The local path of ``ref``'s verified bytes, pinned until :meth:`unpin`.
 
-    def _ensure_built(self) -> None:
-        os.makedirs(self.directory, exist_ok=True)
-        complete = os.path.join(self.directory, "COMPLETE")
-        if os.path.exists(complete):
-            return
-        with open(os.path.join(self.directory, ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not os.path.exists(complete):
-                self._build()
-                with open(complete, "w") as f:
-                    f.write(self.manifest["id"] + "\n")
-
-    def _build(self) -> None:
-        m = self.manifest
-        c, s = int(m["channels"]), int(m["latent_size"])
-        base = self.manifest_url.rsplit("/", 1)[0] if "/" in self.manifest_url else "."
-        offsets = np.cumsum([0] + [int(sh["num_items"]) for sh in m["shards"]])
-        partial = os.path.join(self.directory, "moments.npy.partial")
-        moments = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(len(self), 2, 2, c, s, s))
-        labels = np.zeros(len(self), dtype=np.int64)
-
-        def fill(i: int) -> int:
-            shard = m["shards"][i]
-            if not shard["num_items"]:
-                return 0
-            url = storage.join(base, shard["name"])
+        With ``wait=False`` (read-ahead) a download that finds no room raises
+        :class:`CacheFullError` at once instead of waiting for other readers' pins: read-ahead
+        never holds up what another reader needs now."""
+        if ref.size > self.limit_bytes:
+            raise CacheFullError(f"shard {ref.url} ({ref.size / 1e9:.3g} GB) is larger than the data cache limit "
+                                 f"({self.limit_bytes / 1e9:.3g} GB); raise data.cache_limit_gb")
+        with self._guard:
+            fetching = self._fetching.setdefault(ref.sha256, threading.Lock())
+        with fetching:  # one thread of this process per shard
+            with self._guard:
+                if ref.sha256 in self._pins:
+                    self._pins[ref.sha256][1] += 1
+                    return self.path(ref)
+            fd = os.open(self._lock_path(ref.sha256), os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                data = storage.read_bytes(url, self.storage_options)
-            except FileNotFoundError:
-                raise ShardError(f"shard {url} is missing") from None
-            if len(data) != shard["size"]:
-                raise ShardError(f"shard {url} has {len(data)} bytes, the manifest says {shard['size']} (truncated?)")
-            if hashlib.sha256(data).hexdigest() != shard["sha256"]:
-                raise ShardError(f"shard {url} does not match its sha256 in the manifest (corrupt)")
-            arrays = unpack_shard(data, url)
-            if len(arrays.labels) != shard["num_items"] or arrays.moments.shape[1:] != (2, 2, c, s, s):
-                raise ShardError(f"shard {url} holds {len(arrays.labels)} samples of shape "
-                                 f"{arrays.moments.shape[1:]}, the manifest says {shard['num_items']} of "
-                                 f"{(2, 2, c, s, s)}")
-            moments[offsets[i]:offsets[i + 1]] = arrays.moments
-            labels[offsets[i]:offsets[i + 1]] = arrays.labels
-            return int(shard["num_items"])
+                self._pin_locked(ref, fd, wait)
+            except BaseException:
+                os.close(fd)
+                raise
+            with self._guard:
+                self._pins[ref.sha256] = [fd, 1]
+            return self.path(ref)
 
-        with ThreadPoolExecutor(max_workers=8) as pool, \
-                tqdm(total=len(self), unit="sample", desc="cache latents", leave=False) as bar:
-            for n in pool.map(fill, range(len(m["shards"]))):
-                bar.update(n)
-        moments.flush()
-        del moments
-        np.save(os.path.join(self.directory, "labels.npy"), labels)
-        os.replace(partial, os.path.join(self.directory, "moments.npy"))
+    def _pin_locked(self, ref: ShardRef, fd: int, wait: bool) -> None:
+        path = self.path(ref)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        for _ in range(8):  # lock conversions are not atomic: an evictor may slip in between
+            if _size(path) == ref.size:
+                os.utime(path)  # the recency eviction goes by
+                return
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _size(path) != ref.size:
+                self._download(ref, path, wait)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        raise ShardError(f"shard {ref.url} keeps being evicted from {self.root} as soon as it is fetched; "
+                         "raise data.cache_limit_gb")
+
+    def unpin(self, ref: ShardRef) -> None:
+        with self._guard:
+            entry = self._pins[ref.sha256]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._pins[ref.sha256]
+                os.close(entry[0])  # releases the shared lock
+
+    def pinned(self) -> int:
+        with self._guard:
+            return len(self._pins)
+
+    # -- space --------------------------------------------------------------------------------
+
+    def usage_bytes(self) -> int:
+        """Bytes of shard files on disk now (partial files at their final size)."""
+        return sum(size for _, size, _ in self._entries())
+
+    def peak_bytes(self) -> int:
+        """The most bytes ever reserved in this cache (recorded under the accounting lock)."""
+        try:
+            with open(os.path.join(self.root, "peak_bytes")) as f:
+                return int(f.read() or 0)
+        except FileNotFoundError:
+            return 0
+
+    def _entries(self) -> list[tuple[str, int, float]]:
+        """(file name, size, last use) of every complete or partial shard file."""
+        folder = os.path.join(self.root, "shards")
+        entries = []
+        for name in os.listdir(folder):
+            try:
+                stat = os.stat(os.path.join(folder, name))
+            except FileNotFoundError:
+                continue
+            if name.endswith(".partial"):
+                entries.append((name, int(name.split(".")[1]), stat.st_mtime))
+            elif name.endswith(".tar"):
+                entries.append((name, stat.st_size, stat.st_mtime))
+        return entries
+
+    def _reserve(self, ref: ShardRef, partial: str, wait: bool) -> None:
+        """Make room for ``ref`` and create its partial file, inside the accounting lock."""
+        deadline = time.monotonic() + (self.space_timeout_s if wait else 0.0)
+        wait = 0.02
+        while True:
+            with open(os.path.join(self.root, "cache.lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                used = self._make_room(ref.size)
+                if used + ref.size <= self.limit_bytes:
+                    open(partial, "wb").close()
+                    self._record_peak(used + ref.size)
+                    return
+            if time.monotonic() >= deadline:
+                raise CacheFullError(
+                    f"the data cache {self.root} (limit {self.limit_bytes / 1e9:.3g} GB) holds {used / 1e9:.3g} GB "
+                    f"of shards pinned by live readers and cannot fit {ref.url} ({ref.size / 1e9:.3g} GB) after "
+                    f"{self.space_timeout_s:.0f} s; raise data.cache_limit_gb or lower data.block_shards")
+            time.sleep(wait)
+            wait = min(2 * wait, 1.0)
+
+    def _make_room(self, need: int) -> int:
+        """Evict unpinned shards, least recently used first, until ``need`` fits; the bytes in use."""
+        entries = self._entries()
+        used = sum(size for _, size, _ in entries)
+        folder = os.path.join(self.root, "shards")
+        for name, size, _ in sorted(entries, key=lambda e: e[2]):
+            if used + need <= self.limit_bytes:
+                break
+            fd = _try_exclusive(self._lock_path(name.split(".")[0]))
+            if fd is None:
+                continue  # pinned, or being downloaded
+            try:  # nobody holds it: a complete file to evict or a dead download's leftover
+                os.remove(os.path.join(folder, name))
+                used -= size
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)
+        return used
+
+    def _record_peak(self, used: int) -> None:
+        if used > self.peak_bytes():
+            storage.write_bytes(os.path.join(self.root, "peak_bytes"), str(used).encode())
+
+    # -- download -----------------------------------------------------------------------------
+
+    def _download(self, ref: ShardRef, path: str, wait: bool) -> None:
+        """Fetch ``ref`` into ``path`` (this process holds the shard's exclusive lock)."""
+        partial = os.path.join(self.root, "shards", f"{ref.sha256}.{ref.size}.partial")
+        self._reserve(ref, partial, wait)
+        try:
+            last, mismatches = None, 0
+            for attempt in range(self.attempts):
+                if attempt:
+                    delay = self.backoff_s * 2 ** min(attempt - 1, 4)
+                    log.warning("shard %s: %s; retry %d of %d in %.1f s", ref.url, last, attempt,
+                                self.attempts - 1, delay)
+                    time.sleep(delay)
+                try:
+                    self._fetch_once(ref, partial)
+                except (FileNotFoundError, PermissionError) as err:
+                    raise ShardError(f"shard {ref.url} cannot be read: {err}") from None
+                except _Mismatch as err:
+                    mismatches += 1
+                    if mismatches == 2:  # the same damage twice is the stored bytes, not the transfer
+                        raise ShardError(f"shard {ref.url} has {err}") from None
+                    last = str(err)
+                    continue
+                except Exception as err:  # noqa: BLE001 - any transfer failure is retried, then reported
+                    last = f"{type(err).__name__}: {err}"
+                    continue
+                os.replace(partial, path)
+                self.downloaded.append(ref.url)
+                return
+            raise ShardError(f"shard {ref.url} could not be fetched in {self.attempts} attempts; last error: {last}")
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+
+    def _fetch_once(self, ref: ShardRef, partial: str) -> None:
+        fs, remote = storage.filesystem(ref.url, self.storage_options)
+        digest, size = hashlib.sha256(), 0
+        with fs.open(remote, "rb", block_size=CHUNK, cache_type="none") as src, open(partial, "wb") as dst:
+            while chunk := src.read(CHUNK):
+                size += len(chunk)
+                if size > ref.size:  # never write past the reservation
+                    break
+                digest.update(chunk)
+                dst.write(chunk)
+        if size != ref.size:
+            raise _Mismatch(f"{size} bytes, the manifest says {ref.size} (truncated?)")
+        if digest.hexdigest() != ref.sha256:
+            raise _Mismatch("bytes that do not match the manifest's sha256 (corrupt)")
+
+
+class _Mismatch(OSError):
+    """The fetched bytes are not the manifest's (retried: a transfer can be cut or damaged)."""
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return -1

@@ -20,14 +20,27 @@ from lamamba.models import ModelConfig
 
 @dataclass
 class DataConfig:
-    """Where the latent shards are (the manifest written by ``lamamba encode``)."""
+    """Where the latent shards are (the manifest written by ``lamamba encode``) and how a node reads
+    them: streamed through a bounded shard cache shared by every rank, worker and run on the node."""
 
     manifest: str = ""
     num_workers: int = 0
     storage_options: dict[str, Any] = field(default_factory=dict)
+    # The node's shard cache; "" = $LAMAMBA_DATA_CACHE or ~/.cache/lamamba/latents.
+    cache_dir: str = ""
+    # Most GB of shards on the node's disk at any time. 50 lets ImageNet at 1024 px (672 GB) train
+    # on a node with 100 GB of scratch; a limit above the data set's size keeps all of it (a full copy).
+    cache_limit_gb: float = 50.0
+    # Shards per block of the two-level sample order: part of the order (like the seed), not a
+    # node resource. Larger mixes better and needs a larger cache (docs/data.md).
+    block_shards: int = 64
+    # Shards each process fetches at once (each fetch is one request stream).
+    fetch_workers: int = 4
 
     def __post_init__(self):
-        check_at_least(self, {"num_workers": 0})
+        check_at_least(self, {"num_workers": 0, "block_shards": 1, "fetch_workers": 1})
+        if self.cache_limit_gb <= 0:
+            raise ValueError(f"cache_limit_gb: must be > 0, got {self.cache_limit_gb}")
 
 
 @dataclass

@@ -105,8 +105,7 @@ class Trainer:
     """One training run of ``cfg`` on this process's rank of ``world``."""
 
     def __init__(self, cfg: TrainConfig, world: World, watcher: PreemptionWatcher):
-        from lamamba.data import LatentLoader
-        from lamamba.data.shard_format import ShardError
+        from lamamba.data import CacheFullError, LatentLoader, ShardError
         from lamamba.diffusion import create_diffusion
         from lamamba.models import build_model
         from lamamba.models.flops import count_flops
@@ -137,8 +136,10 @@ class Trainer:
         try:
             self.loader = LatentLoader(cfg.data.manifest, cfg.global_batch, world.rank, world.world_size, cfg.seed,
                                        start_sample=resume_state.get("samples_consumed", 0),
-                                       num_workers=cfg.data.num_workers, storage_options=cfg.data.storage_options)
-        except (FileNotFoundError, ValueError, ShardError) as err:  # a missing, invalid or damaged data set
+                                       num_workers=cfg.data.num_workers, storage_options=cfg.data.storage_options,
+                                       cache_dir=cfg.data.cache_dir or None, cache_limit_gb=cfg.data.cache_limit_gb,
+                                       block_shards=cfg.data.block_shards, fetch_workers=cfg.data.fetch_workers)
+        except (FileNotFoundError, ValueError, ShardError, CacheFullError) as err:  # a missing, invalid or damaged data set
             raise ConfigError(f"data.manifest: {err}") from None
         self.manifest = self.loader.manifest
         self._check_compatible(resume_state)

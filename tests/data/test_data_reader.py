@@ -1,6 +1,7 @@
 """LatentLoader: deterministic global order, rank slicing, resume, keyed draws, workers, corrupt shards."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +11,16 @@ from data_pipeline.preprocess import to_model_input
 from data_pipeline.sources import DIGITS_PREFIX, SourceItem, digits_split, load_image
 from lamamba.autoencoders import AutoencoderConfig, build_autoencoder
 from lamamba.data import LatentLoader, ShardError
+from lamamba.data.shard_format import unpack_shard
 from lamamba.rng import PerSampleGenerators, keyed_seed, purpose_id
 
 G = 6  # global batch; the dataset has 18 items, so 3 steps per epoch
+
+
+def all_moments(folder, manifest):
+    """(N, 2, 2, C, h, w) moments of the data set in dataset-index order, decoded without the loader."""
+    return np.concatenate([unpack_shard((Path(folder) / s["name"]).read_bytes(), s["name"]).moments
+                           for s in manifest["shards"] if s["num_items"]])
 
 
 def take(loader, steps):
@@ -64,7 +72,7 @@ def test_each_sample_once_per_epoch_and_draws_change_between_epochs(tiny_vae_dat
     assert not torch.equal(index[:n], index[n:2 * n])  # a new order each epoch
 
     # x is the keyed draw: flip and posterior noise from (seed, index, epoch).
-    moments = torch.from_numpy(np.array(loader.arrays.moments)).float()
+    moments = torch.from_numpy(all_moments(tiny_vae_dataset, loader.manifest)).float()
     keys = list(zip(index.tolist(), epoch.tolist()))
     flip = torch.tensor([keyed_seed(5, purpose_id("flip"), i, e) & 1 for i, e in keys])
     eps = PerSampleGenerators(5, "posterior", keys).randn((4, 4, 4))
@@ -89,10 +97,11 @@ def test_corrupt_or_truncated_shard_names_the_shard(tiny_vae_dataset, tmp_path):
         if damage == "truncate":
             data = data[:len(data) // 2]
         else:
-            data[600:700] = bytes(100)
+            data[1600:1700] = bytes(b ^ 0xFF for b in data[1600:1700])
         shard.write_bytes(bytes(data))
-        with pytest.raises(ShardError, match="shard-000002.tar"):
-            LatentLoader(str(copy), G, 0, 1, seed=0, cache_dir=str(tmp_path / f"cache_{damage}"))
+        with pytest.raises(ShardError, match="shard-000002.tar"):  # by the first step that needs it
+            take(LatentLoader(str(copy), G, 0, 1, seed=0, cache_dir=str(tmp_path / f"cache_{damage}"),
+                              backoff_s=0.01), 3)
 
 
 def test_bad_arguments_are_named(tiny_vae_dataset, cache):
@@ -115,11 +124,14 @@ def test_digits_identity_round_trip(encode, tmp_path):
     batch = next(iter(loader))
     assert batch["x"].shape == (450, 1, 16, 16) and batch["x"].abs().max() <= 1.0
 
+    shards = [unpack_shard((Path(cfg.output_url) / s["name"]).read_bytes(), s["name"]) for s in loader.manifest["shards"]]
+    keys, sources = [k for a in shards for k in a.keys], [k for a in shards for k in a.sources]
     identity = build_autoencoder(AutoencoderConfig(kind="identity", image_channels=1))
     flips = [keyed_seed(2, purpose_id("flip"), i, e) & 1 for i, e in zip(batch["index"].tolist(), batch["epoch"].tolist())]
     for row in range(0, 450, 37):
-        dataset_index = int(batch["index"][row])
-        key = f"{DIGITS_PREFIX}{test[dataset_index]:04d}"
+        position = int(keys[int(batch["index"][row])])  # shards are strided: the key is the listing position
+        key = f"{DIGITS_PREFIX}{test[position]:04d}"
+        assert sources[int(batch["index"][row])] == key
         image = to_model_input(load_image(SourceItem(key, 0)), 16, 1)
         if flips[row]:
             image = image.flip(-1)
