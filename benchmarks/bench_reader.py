@@ -89,7 +89,10 @@ def _rate(loader, steps):
 
 def local(args) -> None:
     root = args.dir
-    shutil.rmtree(root, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    for old in Path(root).glob("cache*"):
+        shutil.rmtree(old)
     sample_bytes = 2 * 2 * 4 * args.latent * args.latent * 2
     print(f"latent {args.latent}x{args.latent}x4 ({sample_bytes / 1024:.0f} KiB/sample with both flips), "
           f"batch {args.batch}, shards of {args.shard_size}, blocks of {args.block_shards}, "
@@ -97,8 +100,10 @@ def local(args) -> None:
     urls = {}
     for fraction in (4, 1):
         t = time.perf_counter()
-        urls[fraction] = write_synthetic(f"{root}/data{fraction}", args.samples // fraction, args.shard_size,
-                                         latent_size=args.latent, num_classes=1000)
+        urls[fraction] = f"{root}/data{fraction}/manifest.json"
+        if not os.path.exists(urls[fraction]):  # --keep reuses what an earlier run wrote
+            write_synthetic(f"{root}/data{fraction}", args.samples // fraction, args.shard_size,
+                            latent_size=args.latent, num_classes=1000)
         size = _dir_bytes(f"{root}/data{fraction}")
         print(f"data set 1/{fraction}: {args.samples // fraction} samples, {size / 1e6:.0f} MB "
               f"({size / (args.limit_mb * 1e6):.0f}x the limit), written in {time.perf_counter() - t:.0f} s")
@@ -178,7 +183,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--dir", default="runs/bench_reader")
-    parser.add_argument("--keep", action="store_true", help="keep the data sets in --dir")
+    parser.add_argument("--keep", action="store_true", help="keep the data sets in --dir (and reuse them)")
     args = parser.parse_args()
     {"mixing": mixing, "local": local, "s3": s3}[args.mode](args)
 

@@ -150,10 +150,13 @@ class _RankBatches(Dataset):
         flips = keyed_flips(self.seed, index, epochs)
         chosen = np.empty((len(index), *self.reader.shape[1:]), dtype=np.float16)
         labels = np.empty(len(index), dtype=np.int64)
-        for k, (shard, row) in enumerate(zip(shards.tolist(), rows.tolist())):
+        for shard in now:  # the batch's samples shard by shard
+            where = np.flatnonzero(shards == shard)
             opened = self.reader.shard(shard)
-            opened.copy_sample(row, int(flips[k]), chosen[k])
-            labels[k] = opened.index.labels[row]
+            part = np.empty((len(where), *chosen.shape[1:]), dtype=np.float16)
+            opened.copy_samples(rows[where], flips[where], part)
+            chosen[where] = part
+            labels[where] = opened.index.labels[rows[where]]
         return {
             "x": keyed_latents(torch.from_numpy(chosen), index, epochs, self.seed, self.scale),
             "y": torch.from_numpy(labels),

@@ -31,10 +31,14 @@ class OpenShard:
     index: ShardIndex
     cache: ShardCache
 
-    def copy_sample(self, row: int, flip: int, out: np.ndarray) -> None:
-        """Copy sample ``row``'s [mean, std] of flip ``flip`` (2, C, h, w) into ``out``; no view
-        of the map leaves this method, so :meth:`release` can always unmap it."""
-        np.copyto(out, self.index.moments(self.buffer, row)[flip])
+    def copy_samples(self, rows: np.ndarray, flips: np.ndarray, out: np.ndarray) -> None:
+        """Copy each sample ``rows[k]``'s [mean, std] of flip ``flips[k]`` into ``out[k]``
+        (k, 2, C, h, w) float16; no view of the map leaves this method, so :meth:`release` can
+        always unmap it."""
+        half = self.index.count // 2
+        flat = out.reshape(len(out), half)
+        for k, (offset, flip) in enumerate(zip(self.index.offsets[rows].tolist(), flips.tolist())):
+            flat[k] = np.frombuffer(self.buffer, np.float16, half, offset + 2 * half * flip)
 
     def release(self) -> None:
         self.buffer.close()  # unmapped before unpinned: eviction never frees a file still mapped

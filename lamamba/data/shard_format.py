@@ -127,9 +127,14 @@ class ShardIndex:
     def __len__(self) -> int:
         return len(self.keys)
 
+    @property
+    def count(self) -> int:
+        """float16 values per sample."""
+        return 4 * self.shape[2] * self.shape[3] * self.shape[4]
+
     def moments(self, buf, row: int) -> np.ndarray:
         """Sample ``row``'s moments (2, 2, C, h, w) float16, a read-only view into ``buf``."""
-        return np.frombuffer(buf, np.float16, int(np.prod(self.shape)), int(self.offsets[row])).reshape(self.shape)
+        return np.frombuffer(buf, np.float16, self.count, int(self.offsets[row])).reshape(self.shape)
 
 
 def index_shard(buf, name: str) -> ShardIndex:
@@ -160,7 +165,8 @@ def index_shard(buf, name: str) -> ShardIndex:
             if shape and this_shape != shape:
                 raise ShardError(f"shard {name}: sample {key} has shape {this_shape}, others {shape}")
             first_header, shape = bytes(buf[offset:offset + length]), this_shape
-        if size != len(first_header) + 2 * int(np.prod(shape)):
+            values = 4 * shape[2] * shape[3] * shape[4]
+        if size != len(first_header) + 2 * values:
             raise ShardError(f"shard {name}: sample {key} has {size} bytes of moments, expected float16 {shape}")
         offsets[row] = offset + len(first_header)
         label_offset, label_size = sample[LABEL]
