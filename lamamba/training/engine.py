@@ -60,6 +60,8 @@ def deepspeed_config(cfg: TrainConfig, plan: BatchPlan) -> dict[str, Any]:
     ds.setdefault("zero_optimization", {})["stage"] = cfg.engine.zero_stage
     bf16 = cfg.engine.precision == "bf16"
     ds.setdefault("bf16", {})["enabled"] = bf16
+    if cfg.engine.precision == "bf16-autocast":  # fp32 parameters, torch.autocast(bf16) in forward
+        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     ds["bf16"].setdefault("check_grad_overflow", True)
     ds.pop("fp16", None)
     ds.pop("optimizer", None)  # the optimizer is passed as an object (see build_optimizer)

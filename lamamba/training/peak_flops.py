@@ -46,7 +46,7 @@ class Peak:
 
 def matmul_dtype(precision: str, tf32: bool) -> str:
     """The math of a run's matmuls: "bf16" under bf16 training, else "tf32" or "fp32"."""
-    if precision == "bf16":
+    if precision in ("bf16", "bf16-autocast"):
         return "bf16"
     return "tf32" if tf32 else "fp32"
 
