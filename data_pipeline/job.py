@@ -63,7 +63,7 @@ def _claim_output(cfg: EncodeConfig, output: str) -> None:
     if DATASET_NAME in names:
         existing = json.loads(storage.read_bytes(url, cfg.storage_options)).get("settings", {})
         differ = changed_keys(existing, settings)
-    elif MANIFEST_NAME in names or any(_SHARD_FILE.match(n) for n in names):
+    elif MANIFEST_NAME in names or any(_SHARD_FILE.match(n) and n.endswith(".tar") for n in names):
         differ = ["(settings not recorded: written before dataset.json existed)"]
     else:
         differ = []

@@ -126,7 +126,7 @@ def test_failure_between_upload_and_marker_then_rerun(ray_encode, image_tree, tm
 
     names = sorted(os.listdir(out))
     assert names == sorted([f"shard-{i:06d}.tar" for i in range(5)] + [f"shard-{i:06d}.done.json" for i in range(5)]
-                           + ["manifest.json"])
+                           + ["manifest.json", "dataset.json"])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["num_items"] == 18 and len(manifest["shards"]) == 5
     loader = LatentLoader(str(out), 18, 0, 1, seed=0, cache_dir=str(tmp_path / "cache"))
