@@ -152,7 +152,12 @@ class FlakyProxy:
                 sent += len(data)
         except OSError:
             pass
-        reset()
+        for sock in (client, upstream):  # the server closed: close gracefully, the client reads what was sent
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
 
     def stop(self) -> None:
         self._stopped.set()
