@@ -106,12 +106,6 @@ class Network:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def kill_host(self, host: Host) -> list[int]:
-        """SIGKILL every process on ``host`` (a machine that died); returns their pids."""
-        pids = host.pids()
-        stop_pids(pids, grace_s=0.0)
-        return pids
-
     def close(self) -> None:
         """Stop what is left on the hosts (TERM, then KILL) and delete the namespaces."""
         hosts = [h for h in self.hosts if h.netns in self._created]

@@ -3,7 +3,8 @@
 Each node has its own address (so Ray sees separate nodes with their own node ids and places
 bundles on them for real) and its own temp dir under ``root``. Jobs are submitted to the head's
 job server (:attr:`RayCluster.address`, reachable from the hosts); :meth:`remove_worker` kills a
-worker host's processes as a machine failure would.
+worker's Ray node with everything it runs at once, as a machine failure would (other processes
+on that host, e.g. a slurmd of the same local cluster, are left alone).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import time
 from pathlib import Path
 
 from cluster.local.hosts import Host, Network
-from cluster.local.procs import start, stop, wait_until
+from cluster.local.procs import start, stop, stop_pids, wait_until
+from launcher.entrypoint import descendants
 
 GCS_PORT, DASHBOARD_PORT = 6379, 8265  # each host is its own network namespace: no clash
+# Every node's object store lives in this machine's /dev/shm; the jobs here pass little data.
+OBJECT_STORE_BYTES = 200 * 1024**2
 
 
 def takes_jobs(address: str, timeout_s: float = 60.0) -> bool:
@@ -36,6 +40,13 @@ def takes_jobs(address: str, timeout_s: float = 60.0) -> bool:
     return status.value == "SUCCEEDED"
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _ray_cli() -> str:
     return str(Path(sys.executable).parent / "ray")
 
@@ -52,17 +63,38 @@ class RayCluster:
         self.gcs = f"{head.address}:{GCS_PORT}"
         self.address = f"http://{head.address}:{DASHBOARD_PORT}"
         try:
-            self._start(head, ["--head", f"--port={GCS_PORT}", "--include-dashboard=true",
-                               f"--dashboard-host={head.address}", f"--dashboard-port={DASHBOARD_PORT}"])
-            # Workers join as soon as the GCS answers; the job server comes up meanwhile.
-            wait_until(self._gcs_up, "the Ray head's GCS", 120, poll_s=0.5, alive=self.procs[0], log=self._log(head))
-            for h in network.hosts[1:]:
-                self._start(h, [f"--address={self.gcs}"])
-            wait_until(lambda: self.alive_nodes() == len(network.hosts), "every Ray node to join", 300, poll_s=1.0)
+            head_args = ["--head", f"--port={GCS_PORT}", "--include-dashboard=true",
+                         f"--dashboard-host={head.address}", f"--dashboard-port={DASHBOARD_PORT}"]
+            # Workers join once the head node is registered (its GCS port answers before that, and
+            # a worker that joins then fails with "No node info found for head node").
+            self._start_until([(head, head_args)], lambda: self.alive_nodes() >= 1, "the Ray head")
+            self._start_until([(h, [f"--address={self.gcs}"]) for h in network.hosts[1:]],
+                              lambda: self.alive_nodes() == len(network.hosts), "every Ray node to join")
             wait_until(self._takes_jobs, "the Ray job server to take jobs", 300, poll_s=1.0)
         except BaseException:
             self.close()
             raise
+
+    def _start_until(self, nodes: list[tuple[Host, list[str]]], ready, what: str, attempts: int = 3) -> None:
+        """Start ``nodes`` and wait for ``ready``; a node whose ``ray start`` exits is started again
+        (up to ``attempts`` times): on a loaded machine a raylet can miss Ray's fixed 30 s
+        registration window and give up."""
+        left = {host.index: attempts for host, _ in nodes}
+        for host, args in nodes:
+            self._start(host, args)
+        deadline = time.monotonic() + 300
+        while not ready():
+            for host, args in nodes:
+                if self.procs[host.index].poll() is not None:
+                    left[host.index] -= 1
+                    if left[host.index] == 0:
+                        tail = self._log(host).read_text(errors="replace")[-2000:]
+                        raise RuntimeError(f"{what}: ray start on {host.hostname} failed {attempts} times\n{tail}")
+                    stop_pids(self._node_pids(host), grace_s=5.0)  # what the failed start left running
+                    self._start(host, args)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after 300 s waiting for {what}")
+            time.sleep(1.0)
 
     def _log(self, host: Host) -> Path:
         return self.root / f"ray-{host.hostname}.log"
@@ -72,7 +104,7 @@ class RayCluster:
         temp = self.root / host.hostname
         temp.mkdir(parents=True, exist_ok=True)
         cmd = [_ray_cli(), "start", "--block", f"--node-ip-address={host.address}", f"--num-cpus={self.cpus_per_node}",
-               f"--temp-dir={temp}", "--disable-usage-stats", *args]
+               f"--temp-dir={temp}", f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats", *args]
         self.procs[host.index] = start(host.command(cmd), self._log(host), self.env)
 
     def run(self, cmd: list[str], host: int = 0, **kwargs) -> subprocess.CompletedProcess:
@@ -80,11 +112,6 @@ class RayCluster:
         env = {**self.env, **kwargs.pop("env", {})}
         return subprocess.run(self.network.hosts[host].command(cmd), env=env, capture_output=True, text=True,
                               **kwargs)
-
-    def _gcs_up(self) -> bool:
-        host, port = self.gcs.split(":")
-        probe = [sys.executable, "-c", f"import socket; socket.create_connection(('{host}', {port}), timeout=2)"]
-        return self.run(probe, timeout=30).returncode == 0
 
     def _takes_jobs(self) -> bool:
         probe = [sys.executable, "-c", f"import sys; from cluster.local.ray import takes_jobs; "
@@ -99,15 +126,34 @@ class RayCluster:
         out = self.run(probe, timeout=30)
         return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
 
+    def _node_pids(self, host: Host) -> list[int]:
+        """Every process of the Ray node on ``host``: those naming its temp dir (raylet, GCS,
+        agents; also left over from a failed start) and everything below them (workers, the
+        processes jobs started). Other processes on the host (a slurmd) are not touched."""
+        temp = str(self.root / host.hostname).encode()
+        roots = [p for p in host.pids() if temp in _cmdline(p)]
+        return sorted({p for r in roots for p in (r, *descendants(r))})
+
+    def add_worker(self, index: int) -> None:
+        """Start a Ray node on worker host ``index`` again (a replacement, with a new node id)."""
+        host = self.network.hosts[index]
+        self._start_until([(host, [f"--address={self.gcs}"])], lambda: self.alive_nodes() == len(self.procs),
+                          f"the replacement node on {host.hostname}")
+
     def remove_worker(self, index: int) -> None:
-        """Kill every process of worker host ``index`` at once (a node lost mid-run)."""
+        """SIGKILL every process of the Ray node on worker host ``index`` at once (a node lost
+        mid-run, with the ranks it ran)."""
         assert index > 0, "the head is host 0"
-        self.network.kill_host(self.network.hosts[index])
-        self.procs.pop(index).wait(timeout=30)
+        proc = self.procs.pop(index)
+        stop_pids([proc.pid, *descendants(proc.pid), *self._node_pids(self.network.hosts[index])], grace_s=0.0)
+        proc.wait(timeout=30)
 
     def close(self) -> None:
-        """Stop the workers, then the head (SIGTERM to ``ray start --block`` stops its node)."""
+        """Stop the workers, then the head (SIGTERM to ``ray start --block`` stops its node), then
+        kill what a node left behind."""
         for index in sorted(self.procs, reverse=True):
-            stop(self.procs[index], grace_s=20)
-            self.network.kill_host(self.network.hosts[index])  # what the node left behind
+            host, proc = self.network.hosts[index], self.procs[index]
+            tree = [*descendants(proc.pid), *self._node_pids(host)]
+            stop(proc, grace_s=20)
+            stop_pids(tree + self._node_pids(host), grace_s=5.0)
         self.procs.clear()

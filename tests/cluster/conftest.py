@@ -1,9 +1,7 @@
-"""The local cluster of the cluster tests (cluster/local): three network-namespace hosts, SLURM on
-the first two (munge, slurmctld, two slurmd) and, for the Ray tests, a Ray head and two workers.
-Session-wide; torn down by PID. Skipped, saying why, where root or namespaces (or SLURM) are
-unavailable."""
+"""The local cluster of the cluster tests (cluster/local): two network-namespace hosts, SLURM on
+both (munge, slurmctld, two slurmd) and, for the Ray tests, a Ray head and a worker. Session-wide;
+torn down by PID. Skipped, saying why, where root or namespaces (or SLURM) are unavailable."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -13,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from cluster.local import Network, unavailable
-
-REPO = Path(__file__).resolve().parents[2]
+from cluster_helpers import REPO, TRAIN_CONFIG, TRAIN_OVERRIDES, job_env
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +27,7 @@ def hosts(cluster_root):
     why = unavailable()
     if why:
         pytest.skip(f"local cluster unavailable: {why}")
-    with Network(3, cluster_root / "net") as net:
+    with Network(2, cluster_root / "net") as net:
         yield net
 
 
@@ -41,7 +38,7 @@ def slurm(hosts, cluster_root):
     why = slurm_unavailable()
     if why:
         pytest.skip(f"SLURM unavailable: {why}")
-    cluster = SlurmCluster(hosts, cluster_root / "slurm", cpus_per_node=2, nodes=2)
+    cluster = SlurmCluster(hosts, cluster_root / "slurm", cpus_per_node=2)
     yield cluster
     cluster.close()
 
@@ -53,19 +50,6 @@ def ray_cluster(hosts, cluster_root):
     cluster = RayCluster(hosts, cluster_root / "ray", cpus_per_node=2, env=job_env())
     yield cluster
     cluster.close()
-
-
-def job_env(**extra: str) -> dict:
-    """The environment of the processes the cluster runs: this checkout first on the path, one
-    thread per process, this interpreter's tools first on PATH (as a cluster image would have)."""
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra}
-
-
-STEPS = 6  # the tiny digits run of the cluster tests: a checkpoint every 2 steps
-TRAIN_OVERRIDES = [f"max_steps={STEPS}", "monitor.sample_every=0", "engine.activation_checkpointing=none",
-                   "checkpoint.keep_last=10"]
-TRAIN_CONFIG = str(REPO / "configs" / "train" / "tiny_digits.yaml")
 
 
 @pytest.fixture(scope="session")
@@ -91,20 +75,3 @@ def reference_run(cluster_root, digits_latents):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
     return run_dir
-
-
-def final_weights(run_dir: Path, step: int = STEPS) -> dict:
-    """The model and EMA tensors of a run's checkpoint at ``step``."""
-    from safetensors.torch import load_file
-
-    ckpt = run_dir / "checkpoints" / f"step_{step:08d}"
-    return {name: load_file(ckpt / name) for name in ("consolidated.safetensors", "ema.safetensors")}
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    import torch
-
-    for name in a:
-        assert a[name].keys() == b[name].keys(), name
-        for key in a[name]:
-            assert torch.equal(a[name][key], b[name][key]), f"{name}:{key} differs"

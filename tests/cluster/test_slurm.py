@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, STEPS, TRAIN_CONFIG, TRAIN_OVERRIDES, assert_same_weights, final_weights, job_env
+from cluster_helpers import REPO, STEPS, TRAIN_CONFIG, TRAIN_OVERRIDES, assert_same_weights, final_weights, job_env
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,8 @@ def test_preempted_job_checkpoints_requeues_and_resumes_exactly(slurm, cluster_r
     assert cli.wait_state(other, ("STOPPED",), 30) == "STOPPED"
 
     _wait(lambda: 2 in _committed(run_dir), "the first checkpoint", 240)
-    # srun was given the job's CPUs per task (SLURM >= 22.05 does not pass sbatch's on).
+    # The step has the job's CPUs per task (the template passes --cpus-per-task to srun: SLURM
+    # 22.05 documents that srun no longer takes sbatch's; this 22.05.8 build still does).
     assert "CPUs=2" in slurm.run("scontrol", "show", "step", f"{job_id}.0")
     signalled = time.time()
     slurm.run("scancel", "--signal=USR1", "--batch", job_id)  # what --signal=B:USR1@120 sends
