@@ -77,7 +77,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_exactly(slurm, cluster_r
     assert cli.state(run_id) in ("PENDING", "RUNNING")
 
     # Another run queued behind it (it needs both nodes; one is taken) is cancelled through the scheduler.
-    other = cli.submit(f"data.manifest={digits_latents}", *TRAIN_OVERRIDES, "seed=1", "--nodes", "2",
+    other = cli.submit(f"data.manifest={digits_latents}", *TRAIN_OVERRIDES, "seed=1", "--new-run", "--nodes", "2",
                        "--gpus-per-node", "1")
     assert cli.state(other) == "PENDING"
     assert f"cancelled {other}" in cli("cancel", other, "--runs-root", str(cli.runs_root))
