@@ -185,6 +185,7 @@ class TrainConfig:
     # What may change when the run continues (lamamba.run_identity): length, cadences, sample
     # grids, workers and memory/speed knobs with the same maths; everything else is the run.
     CONTINUATION_KEYS = ("max_steps", "monitor", "preemption", "numerics", "autoencoder", "data.num_workers",
+                         "data.cache_dir", "data.cache_limit_gb", "data.fetch_workers",
                          "checkpoint.every_steps", "checkpoint.keep_last", "checkpoint.resume",
                          "checkpoint.consolidated", "checkpoint.staging_dir", "engine.micro_batch",
                          "engine.activation_checkpointing", "engine.backend", "model.scan_backend")
