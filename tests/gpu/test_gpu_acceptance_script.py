@@ -25,3 +25,5 @@ def test_gpu_acceptance_cpu_quick_form(tmp_path):
     assert {r["ckpt"] for r in trained} == {"none", "all"} and all(r["images_per_s"] > 0 for r in trained)
     assert report["sampling"]["steps"] == 250 and report["sampling"]["images_per_s"] > 0
     assert "## Training" in (tmp_path / "acceptance.md").read_text()
+    triton_rows = json.loads((tmp_path / "triton_scan.json").read_text())["rows"]
+    assert triton_rows and all(r["fused_ms"] > 0 and r["vs_torch_rel_err"] < 2e-2 for r in triton_rows)
