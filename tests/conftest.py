@@ -177,3 +177,50 @@ def flaky_proxy():
     yield make
     for proxy in proxies:
         proxy.stop()
+
+
+class OutageProxy(FlakyProxy):
+    """A :class:`FlakyProxy` whose endpoint can go away: :meth:`go_away` resets every open
+    connection (pooled keep-alive ones included) and drops new ones until :meth:`come_back`."""
+
+    def __init__(self, upstream: tuple[str, int], **options):
+        self.gone = False
+        self._live: set = set()
+        super().__init__(upstream, **options)
+
+    def _serve(self, client, cut: bool) -> None:
+        if self.gone:
+            client.close()
+            return
+        self._live.add(client)
+        try:
+            super()._serve(client, cut)
+        finally:
+            self._live.discard(client)
+
+    def go_away(self) -> None:
+        import socket
+
+        self.gone = True
+        for client in list(self._live):
+            try:
+                client.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def come_back(self) -> None:
+        self.gone = False
+
+
+@pytest.fixture
+def outage_proxy():
+    """``outage_proxy((host, port)) -> OutageProxy``, stopped after the test."""
+    proxies = []
+
+    def make(upstream, **options):
+        proxies.append(OutageProxy(upstream, **options))
+        return proxies[-1]
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()

@@ -124,11 +124,20 @@ class CheckpointConfig:
     # Also write full (unsharded) fp32 weights and Adam moments, which lets a run resume on a
     # different number of ranks with the same global batch.
     consolidated: bool = True
-    staging_dir: str = ""  # local scratch for remote (s3://) checkpoints; default a temp dir
+    # Local scratch for remote (s3://) checkpoints: each run makes its own private directory
+    # (random name, mode 0700) under it; default the system's temp dir.
+    staging_dir: str = ""
     storage_options: dict[str, Any] = field(default_factory=dict)
+    # How long checkpoint uploads may keep failing (an S3 outage) before the run stops: saves
+    # that fail meanwhile are not committed and training goes on; the last save retries until then.
+    upload_budget_s: float = 900.0
+    # Object-store lease: a writer that stops renewing it (killed) loses it after this long.
+    lease_ttl_s: float = 120.0
 
     def __post_init__(self):
-        check_at_least(self, {"every_steps": 1, "keep_last": 1})
+        check_at_least(self, {"every_steps": 1, "keep_last": 1, "upload_budget_s": 0})
+        if self.lease_ttl_s <= 0:
+            raise ValueError(f"lease_ttl_s: must be > 0, got {self.lease_ttl_s}")
 
 
 @dataclass
@@ -187,7 +196,8 @@ class TrainConfig:
     CONTINUATION_KEYS = ("max_steps", "monitor", "preemption", "numerics", "autoencoder", "data.num_workers",
                          "data.cache_dir", "data.cache_limit_gb", "data.fetch_workers",
                          "checkpoint.every_steps", "checkpoint.keep_last", "checkpoint.resume",
-                         "checkpoint.consolidated", "checkpoint.staging_dir", "engine.micro_batch",
+                         "checkpoint.consolidated", "checkpoint.staging_dir", "checkpoint.upload_budget_s",
+                         "checkpoint.lease_ttl_s", "engine.micro_batch",
                          "engine.activation_checkpointing", "engine.backend", "model.scan_backend")
 
     run_dir: str = "runs/train"

@@ -4,7 +4,8 @@ Under bf16 the module's own parameters are bf16 copies and under ZeRO the fp32 m
 partitioned, so each rank averages only its own flat fp32 shares (see
 :mod:`lamamba.training.master_weights`): ``ema = decay * ema + (1 - decay) * weights`` element by
 element, one ``lerp_`` per group and decay and no communication per step. The full averages are
-gathered (one all-gather per group) only when asked for: checkpoints and sample grids.
+gathered onto rank 0 (in chunks, see :meth:`MasterLayout.gather`) only when asked for:
+checkpoints and sample grids.
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ class EMA:
 
     def state_dict(self, decay: float | None = None) -> dict[str, torch.Tensor]:
         """The full average for ``decay`` (default: the main one) as a CPU float32 state dict
-        {name: tensor of the parameter's shape}; collective."""
+        {name: tensor of the parameter's shape} on rank 0, ``{}`` on the other ranks; a
+        collective (every rank calls it). Only rank 0 ever holds the full model, once, in host
+        memory; the accelerators hold their shares plus one gather chunk."""
         decay = self.decays[0] if decay is None else decay
-        return {n: t.cpu() for n, t in self.layout.gather(self.shares[decay]).items()}
+        return self.layout.gather(self.shares[decay])
 
     @torch.no_grad()
     def load_state_dict(self, decay: float, state: dict[str, torch.Tensor]) -> None:

@@ -17,7 +17,14 @@ fixed ranges:
 shares with no communication; :meth:`MasterLayout.gather` rebuilds full tensors from per-rank
 flat tensors shaped like the shares with one all-gather per group (instead of DeepSpeed's
 ``safe_get_full_fp32_param``, one collective per parameter); :meth:`MasterLayout.scatter` cuts a
-full state dict into this rank's shares.
+full state dict into this rank's shares. The Adam moments of the shares (:meth:`moment_shares`)
+have the same layout, so the consolidated checkpoint gathers them the same way.
+
+This module is the one place that reads DeepSpeed's private optimizer fields (the flat shares and
+their groups, ZeRO-3's ``grad_position``, the ZeRO-1/2 state-linking hook). DeepSpeed's public
+``safe_get_full_*`` API gives the same values but costs one collective per parameter;
+tests/training/master_weights_worker.py checks every value against that API for each ZeRO stage,
+so it fails when a DeepSpeed upgrade changes these internals.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ import torch.distributed as dist
 _ZERO12_KINDS = (("single_partition_of_fp32_groups", "bit16_groups", "bit16_groups_flat"),  # ZeRO-1/2
                  ("fp32_groups_flat_partition", "bf16_groups", "bf16_groups_flat"))  # BF16_Optimizer
 _ZERO3_SHARES = "fp32_partitioned_groups_flat"
+GATHER_CHUNK = 1 << 24  # elements per rank and gather: 64 MiB of float32
+MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 @dataclass(frozen=True)
@@ -113,18 +122,83 @@ class MasterLayout:
         read, don't write)."""
         return list(getattr(self.optimizer, self.shares_attr))
 
+    # ---- the Adam state of the shares ------------------------------------------------------------
+    def inner_optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer inside DeepSpeed's ZeRO / bf16 wrapper (it steps the flat shares)."""
+        return getattr(self.optimizer, "optimizer", self.optimizer)
+
+    def link_optimizer_state(self) -> None:
+        """Give every share its Adam state and make DeepSpeed's per-parameter views see it.
+
+        torch's AdamW creates its state at the first step, so a fresh engine has none; DeepSpeed
+        0.19's ZeRO-1/2 optimizers moreover link the parameters' fragments to the state once,
+        after the first parameter group's first step, leaving later groups (here: A_log / D
+        without weight decay) unlinked. Create AdamW's state where it is missing (zero moments,
+        as AdamW would) and link again.
+        """
+        inner = self.inner_optimizer()
+        for flat in self.shares():
+            if not inner.state.get(flat):
+                inner.state[flat] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(flat),
+                                     "exp_avg_sq": torch.zeros_like(flat)}
+        if hasattr(self.optimizer, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2 (ZeRO-3 looks states up)
+            self.optimizer._hp_optimizer_states_linked = False
+            self.optimizer._lazy_init_hp_params_optimizer_state()
+
+    def moment_shares(self, key: str) -> list[torch.Tensor]:
+        """This rank's shares of Adam state ``key`` (``exp_avg`` / ``exp_avg_sq``), shaped like
+        :meth:`shares`; call :meth:`link_optimizer_state` first."""
+        if key not in MOMENTS:
+            raise KeyError(f"{key}: not one of the Adam moments {MOMENTS}")
+        state = self.inner_optimizer().state
+        return [state[flat][key] for flat in self.shares()]
+
+    def step_count(self) -> float:
+        """AdamW's step counter (the same in every group)."""
+        for state in self.inner_optimizer().state.values():
+            if "step" in state:
+                return float(state["step"])
+        return 0.0
+
+    def set_step_count(self, count: float) -> None:
+        for state in self.inner_optimizer().state.values():
+            if "step" in state:
+                if torch.is_tensor(state["step"]):
+                    state["step"].fill_(count)
+                else:
+                    state["step"] = count
+
     @torch.no_grad()
-    def gather(self, shares: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Full float32 tensors by parameter name from every rank's ``shares`` (flat, shaped like
-        :meth:`shares`); a collective: every rank calls it, and every rank gets the result."""
+    def gather(self, shares: list[torch.Tensor], dst: int = 0,
+               chunk: int = GATHER_CHUNK) -> dict[str, torch.Tensor]:
+        """Full float32 CPU tensors by parameter name from every rank's ``shares`` (flat, shaped
+        like :meth:`shares`), on rank ``dst`` of the group only (``{}`` elsewhere); a collective.
+
+        The shares travel in pieces of ``chunk`` elements per rank (one gather each), so the
+        accelerator holds at most ``world_size * chunk`` extra floats on ``dst`` and nothing extra
+        elsewhere; the full tensors exist once, in ``dst``'s host memory.
+        """
         out = {}
+        mine = self.rank == dst
+        dst_global = dist.get_global_rank(self.group, dst)
         for layout, share in zip(self.groups, shares):
-            local = share.detach().to(self.device, torch.float32)
-            pieces = [torch.empty_like(local) for _ in range(self.world_size)]
-            dist.all_gather(pieces, local, group=self.group)
-            space = torch.cat(pieces)
-            for p in layout.params:
-                out[p.name] = torch.cat([space[start:start + n] for start, n in p.ranges]).view(p.shape)
+            space = torch.empty(layout.share * self.world_size, dtype=torch.float32) if mine else None
+            for start in range(0, layout.share, chunk):
+                n = min(chunk, layout.share - start)
+                piece = share.detach()[start:start + n].to(self.device, torch.float32).contiguous()
+                if not mine:
+                    dist.gather(piece, None, dst=dst_global, group=self.group)
+                    continue
+                slots = [space[r * layout.share + start:][:n] for r in range(self.world_size)]
+                on_host = self.device.type == "cpu"  # gloo receives straight into the host buffer
+                received = slots if on_host else [torch.empty_like(piece) for _ in slots]
+                dist.gather(piece, received, dst=dst_global, group=self.group)
+                if not on_host:
+                    for slot, value in zip(slots, received):
+                        slot.copy_(value)
+            if mine:
+                for p in layout.params:
+                    out[p.name] = torch.cat([space[start:start + n] for start, n in p.ranges]).view(p.shape)
         return out
 
     @torch.no_grad()

@@ -110,16 +110,29 @@ def format_line(figures: dict[str, float]) -> str:
 
 class MetricsSinks:
     """Rank 0's outputs: ``<run_dir>/metrics.jsonl`` (one JSON object per interval) and
-    TensorBoard events under ``<run_dir>/tb/``."""
+    TensorBoard events under ``<run_dir>/tb/``.
 
-    def __init__(self, run_dir: str, tensorboard: bool):
+    A run that starts at ``start_step`` (resumed from that checkpoint) first drops the records
+    after it that an interrupted earlier attempt logged, in both, so that every step appears once.
+    """
+
+    def __init__(self, run_dir: str, tensorboard: bool, start_step: int = 0):
         os.makedirs(run_dir, exist_ok=True)
-        self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+        path = os.path.join(run_dir, "metrics.jsonl")
+        if os.path.exists(path):
+            with open(path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, path)
+        self.jsonl = open(path, "a")
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(os.path.join(run_dir, "tb"))
+            # purge_step: TensorBoard hides the earlier attempt's events from this step on.
+            self.writer = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_step + 1)
 
     def scalars(self, figures: dict[str, float]) -> None:
         step = int(figures["step"])

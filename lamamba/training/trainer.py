@@ -28,7 +28,7 @@ from lamamba.ops import explain_backend
 from lamamba.run_identity import identity_changes
 from lamamba.training.checkpointer import Checkpointer, step_dir_name
 from lamamba.training.config import TrainConfig
-from lamamba.training.distributed import World, all_reduce_sum, init_distributed, shutdown
+from lamamba.training.distributed import World, all_reduce_sum, broadcast_object, init_distributed, shutdown
 from lamamba.training.ema import EMA
 from lamamba.training.engine import build_engine, plan_batches
 from lamamba.training.monitors import IntervalMeter, MetricsSinks, StepStats, format_line
@@ -105,11 +105,6 @@ class Trainer:
     """One training run of ``cfg`` on this process's rank of ``world``."""
 
     def __init__(self, cfg: TrainConfig, world: World, watcher: PreemptionWatcher):
-        from lamamba.data import CacheFullError, LatentLoader, ShardError
-        from lamamba.diffusion import create_diffusion
-        from lamamba.models import build_model
-        from lamamba.models.flops import count_flops
-
         self.cfg = cfg
         self.world = world
         self.watcher = watcher
@@ -118,6 +113,25 @@ class Trainer:
         self.config_dict = redacted(to_dict(cfg))
         self.config_yaml = yaml.safe_dump(self.config_dict, sort_keys=False)
         self.config_hash = config_hash(cfg)
+        # One writer per checkpoint directory, checked writable, before this run writes anything.
+        self.checkpointer = Checkpointer(cfg.checkpoint_dir, world, cfg.checkpoint.keep_last,
+                                         cfg.checkpoint.staging_dir, cfg.checkpoint.storage_options,
+                                         cfg.checkpoint.consolidated, log=log.info, warn=log.warning,
+                                         upload_budget_s=cfg.checkpoint.upload_budget_s,
+                                         lease_ttl_s=cfg.checkpoint.lease_ttl_s)
+        self.checkpointer.acquire()
+        try:
+            self._start(cfg, world)
+        except BaseException:
+            self.checkpointer.close()
+            raise
+
+    def _start(self, cfg: TrainConfig, world: World) -> None:
+        from lamamba.data import CacheFullError, LatentLoader, ShardError
+        from lamamba.diffusion import create_diffusion
+        from lamamba.models import build_model
+        from lamamba.models.flops import count_flops
+
         if world.is_main:
             os.makedirs(cfg.run_dir, exist_ok=True)
             with open(os.path.join(cfg.run_dir, "config.yaml"), "w") as f:
@@ -125,10 +139,14 @@ class Trainer:
             with open(os.path.join(cfg.run_dir, "config_hash"), "w") as f:
                 f.write(self.config_hash + "\n")
 
-        self.checkpointer = Checkpointer(cfg.checkpoint_dir, world, cfg.checkpoint.keep_last,
-                                         cfg.checkpoint.staging_dir, cfg.checkpoint.storage_options,
-                                         cfg.checkpoint.consolidated, log=log.info)
-        self.resume_step = self.checkpointer.find_resume_step() if cfg.checkpoint.resume else None
+        if cfg.checkpoint.resume:
+            self.resume_step = self.checkpointer.find_resume_step()
+        else:
+            self.resume_step = None
+            latest = broadcast_object(self.checkpointer.scan().latest if world.is_main else None)
+            if latest is not None:
+                raise ConfigError(f"checkpoint.resume=false but {cfg.checkpoint_dir} holds committed checkpoints "
+                                  f"(newest: step {latest}); use a new run_dir or checkpoint.dir")
         resume_state = self.checkpointer.read_state(self.resume_step) if self.resume_step is not None else {}
 
         if not cfg.data.manifest:
@@ -171,7 +189,7 @@ class Trainer:
         if world.is_main:
             log.info("MFU peak per device: %s", peak.source)
         self.meter = IntervalMeter(6 * gflops * 1e9, (peak.tflops or 0.0) * 1e12 * world.world_size, self.device)
-        self.sinks = MetricsSinks(cfg.run_dir, cfg.monitor.tensorboard) if world.is_main else None
+        self.sinks = MetricsSinks(cfg.run_dir, cfg.monitor.tensorboard, self.step) if world.is_main else None
         self.sampler = None
         if world.is_main and cfg.monitor.sample_every > 0:
             from lamamba.training.sample_grid import EMASampleGrid
@@ -215,14 +233,16 @@ class Trainer:
                 log.info("continuing the run with changed %s", ", ".join(continued))
 
     # ---- the loop ------------------------------------------------------------------------------
-    def _save(self) -> str:
+    def _save(self, final: bool) -> str | None:
         state = {"step": self.step, "samples_consumed": self.loader.samples_consumed,
                  "skipped_steps": self.guard.skipped_total, "world_size": self.world.world_size,
                  "global_batch": self.cfg.global_batch, "config_hash": self.config_hash, "config": self.config_dict,
                  "manifest_id": self.manifest["id"], "lr_scheduler": self.engine.lr_scheduler.state_dict(),
                  "time": time.time()}
-        url = self.checkpointer.save(self.step, self.engine, self.ema, state, self.config_yaml, self.cfg.model)
-        log.info("checkpoint committed: %s", url)
+        url = self.checkpointer.save(self.step, self.engine, self.ema, state, self.config_yaml, self.cfg.model,
+                                     final=final)
+        if url is not None:
+            log.info("checkpoint committed: %s", url)
         return url
 
     def _log_interval(self) -> None:
@@ -282,7 +302,7 @@ class Trainer:
                     if self.sampler is not None:
                         self.sinks.image("samples/ema", self.sampler(weights), self.step)
                 if self.step % cfg.checkpoint.every_steps == 0 or last:
-                    url = self._save()
+                    url = self._save(final=last)
                     if stop:
                         log.info("preempted (%s) at step %d: checkpoint %s committed; exiting 0 - "
                                  "relaunch the same command to continue", self.watcher.reason(), self.step, url)
@@ -293,6 +313,7 @@ class Trainer:
         finally:
             if self.sinks is not None:
                 self.sinks.close()
+            self.checkpointer.close()
 
 
 def train(cfg: TrainConfig) -> int:

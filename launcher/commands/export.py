@@ -4,7 +4,8 @@
 
 CHECKPOINT is a checkpoint directory (.../checkpoints/step_00400000), a checkpoints directory or
 a run directory (then the newest committed checkpoint is used); local or s3://. A checkpoint
-without its COMMITTED marker is refused. The output holds only the fp32 EMA weights, with the
+without its COMMITTED marker is refused, and so is one whose EMA file does not match the size and
+sha256 its commit recorded. The output holds only the fp32 EMA weights, with the
 model config in the safetensors metadata (plus the step, the EMA decay and the training config),
 and opens with lamamba.models.io.load_model like the checkpoint's own ema.safetensors.
 """
@@ -26,12 +27,23 @@ def run(args) -> int:
 
     from lamamba import storage
     from lamamba.models.io import read_model_file, save_model_weights
-    from lamamba.training.checkpointer import ema_file_name, resolve_checkpoint
+    from lamamba.training.checkpointer import (CheckpointError, ema_file_name, read_commit, resolve_checkpoint,
+                                               verify_files)
 
     try:
         ckpt = resolve_checkpoint(args.checkpoint)
     except FileNotFoundError as err:
         print(f"lamamba export: {err}", file=sys.stderr)
+        return 1
+    # The files read must be the ones committed (their sizes and sha256 are in COMMITTED).
+    try:
+        files = read_commit(ckpt).get("files") or {}
+    except CheckpointError as err:
+        print(f"lamamba export: {err}", file=sys.stderr)
+        return 1
+    problems = verify_files(ckpt, {n: r for n, r in files.items() if n.startswith("ema") or n == "config.yaml"})
+    if problems:
+        print(f"lamamba export: {ckpt} is damaged: {'; '.join(problems)}", file=sys.stderr)
         return 1
     # The main EMA is ema.safetensors; other decays are ema_<decay>.safetensors.
     candidates = ["ema.safetensors"] + ([] if args.decay is None else [ema_file_name(args.decay, main=False)])

@@ -18,7 +18,9 @@ may be s3://...). Relaunching the same command resumes from the newest committed
 the same data order; it may use a different number of ranks if the global batch is unchanged.
 SIGTERM or SIGUSR1 to any rank (or preemption.time_budget_s) checkpoints and exits 0.
 Exit codes: 0 done or preempted, 1 a GPU was expected and CUDA is unusable (the line says why),
-2 config error, 3 stopped by the numerics guard.
+2 config error, 3 stopped by the numerics guard, 4 a checkpoint problem (another writer holds the
+checkpoint directory, a checkpoint file that is not plain data, uploads failing for longer than
+checkpoint.upload_budget_s).
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ def run(args) -> int:
 
     from lamamba.config import load_config
     from lamamba.devices import GPUUnavailableError
+    from lamamba.training.checkpointer import CheckpointError
     from lamamba.training.config import TrainConfig
+    from lamamba.training.lease import LeaseHeldError
     from lamamba.training.numerics import NonFiniteError
+    from lamamba.training.safe_load import UnsafeCheckpointError
     from lamamba.training.trainer import train
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
@@ -49,3 +54,6 @@ def run(args) -> int:
     except NonFiniteError as err:
         print(f"lamamba train: {err}", flush=True, file=sys.stderr)
         return 3
+    except (CheckpointError, LeaseHeldError, UnsafeCheckpointError) as err:
+        print(f"lamamba train: {err}", flush=True, file=sys.stderr)
+        return 4

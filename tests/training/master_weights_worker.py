@@ -1,5 +1,8 @@
 """Run under torchrun (2 gloo ranks): for each ZeRO setting, train a small model a few steps and
-check MasterLayout and EMA against DeepSpeed's per-parameter ``safe_get_full_fp32_param``.
+check MasterLayout (weights and Adam moments, gathered onto rank 0 in several chunks) and EMA
+against DeepSpeed's public per-parameter ``safe_get_full_fp32_param`` /
+``safe_get_full_optimizer_state``: lamamba reads DeepSpeed's private optimizer fields, and this
+fails when a DeepSpeed upgrade changes them.
 
 Exits non-zero (an AssertionError naming the setting and parameter) on any mismatch.
 """
@@ -9,18 +12,20 @@ import sys
 import torch
 from torch import nn
 
-from lamamba.training.distributed import init_distributed, shutdown
+from lamamba.training.distributed import broadcast_object, init_distributed, shutdown
 from lamamba.training.ema import EMA
 
 SETTINGS = [(1, "bf16"), (1, "fp32"), (2, "bf16"), (3, "bf16")]  # ZeRO-1 bf16 is DeepSpeed's BF16_Optimizer
 DECAYS = (0.9, 0.5)
 
 
-def reference_full(module):
-    """The per-parameter collective the EMA replaced: {name: full fp32 master value}."""
-    from deepspeed.utils import safe_get_full_fp32_param
+def reference_full(module, key=None):
+    """DeepSpeed's per-parameter collective: {name: full fp32 master value (or Adam state ``key``)}."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-    return {n: safe_get_full_fp32_param(p).detach().float().clone() for n, p in module.named_parameters()}
+    if key is None:
+        return {n: safe_get_full_fp32_param(p).detach().float().clone() for n, p in module.named_parameters()}
+    return {n: safe_get_full_optimizer_state(p, key).detach().float().clone() for n, p in module.named_parameters()}
 
 
 def check(stage: int, precision: str) -> None:
@@ -50,17 +55,29 @@ def check(stage: int, precision: str) -> None:
             for n, w in weights.items():
                 reference[d][n].lerp_(w, 1.0 - d)
     where = f"ZeRO-{stage} {precision} ({type(engine.optimizer).__name__})"
-    gathered = ema.layout.gather(ema.layout.shares())
+    main = engine.global_rank == 0
+    layout = ema.layout
+    layout.link_optimizer_state()
+    # chunk=5: several gathers per group, cutting parameters between chunks.
+    gathered = layout.gather(layout.shares(), chunk=5)
+    assert bool(gathered) == main, f"{where}: the full weights belong on rank 0 only"
     for n, w in reference_full(engine.module).items():
-        assert torch.equal(gathered[n], w), f"{where}: gathered master of {n} differs"
+        assert not main or torch.equal(gathered[n], w), f"{where}: gathered master of {n} differs"
+    for key in ("exp_avg", "exp_avg_sq"):
+        moments = layout.gather(layout.moment_shares(key), chunk=5)
+        for n, m in reference_full(engine.module, key).items():
+            assert not main or torch.equal(moments[n], m), f"{where}: gathered {key} of {n} differs"
+    assert layout.step_count() == 3.0, f"{where}: AdamW step count {layout.step_count()}"
     for d in DECAYS:
         averages = ema.state_dict(d)
         for n, r in reference[d].items():
-            assert averages[n].dtype == torch.float32 and torch.equal(averages[n], r), f"{where}: EMA {d} of {n}"
-        ema.load_state_dict(d, {n: t + 1 for n, t in averages.items()})  # every parameter's shares move
+            assert not main or (averages[n].dtype == torch.float32 and torch.equal(averages[n], r)), \
+                f"{where}: EMA {d} of {n}"
+        full = broadcast_object(averages)  # a checkpoint file that every rank reads
+        ema.load_state_dict(d, {n: t + 1 for n, t in full.items()})  # every parameter's shares move
         reloaded = ema.state_dict(d)
-        for n, t in averages.items():
-            assert torch.equal(reloaded[n], t + 1), f"{where}: EMA {d} of {n} after a reload"
+        for n, t in full.items():
+            assert not main or torch.equal(reloaded[n], t + 1), f"{where}: EMA {d} of {n} after a reload"
     engine.destroy()  # ZeRO-3's hooks and threads, before the next engine and the group's teardown
     print(f"ok {where}", flush=True)
 
