@@ -29,14 +29,14 @@ def takes_jobs(address: str, timeout_s: float = 60.0) -> bool:
     its agent can take jobs ("No available agent to submit job")."""
     from ray.job_submission import JobSubmissionClient
 
-    try:
+    deadline = time.monotonic() + timeout_s
+    try:  # requests' connection errors are OSErrors; refusals are RuntimeErrors
         client = JobSubmissionClient(address)
         job = client.submit_job(entrypoint="true")
-    except (ConnectionError, RuntimeError):
+        while not (status := client.get_job_status(job)).is_terminal() and time.monotonic() < deadline:
+            time.sleep(0.5)
+    except (OSError, RuntimeError):
         return False
-    deadline = time.monotonic() + timeout_s
-    while not (status := client.get_job_status(job)).is_terminal() and time.monotonic() < deadline:
-        time.sleep(0.5)
     return status.value == "SUCCEEDED"
 
 

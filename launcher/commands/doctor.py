@@ -246,7 +246,7 @@ def _manifest_gb(manifest: str) -> float | None:
     from its manifest; None if the manifest cannot be read here."""
     if not manifest:
         return None
-    from lamamba.data.cache import read_manifest
+    from lamamba.data.manifest import read_manifest
 
     try:
         man = read_manifest(manifest)
