@@ -9,6 +9,7 @@ it. State is per process: a DataLoader worker that receives a pickled reader ope
 
 from __future__ import annotations
 
+import concurrent.futures
 import mmap
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -112,16 +113,20 @@ class ShardReader:
         self._open[shard] = (future, urgent)
         return future
 
-    def close(self) -> None:
-        """Release every shard this process holds."""
+    def close(self, wait: bool = True) -> None:
+        """Release every shard this process holds; with ``wait``, also wait for fetches already
+        running (they cannot be interrupted) so that none outlives the loader."""
         if self._pid == os.getpid():
-            for future, _ in self._open.values():
+            futures = [future for future, _ in self._open.values()]
+            for future in futures:
                 future.cancel()  # read-ahead not started yet is dropped
                 future.add_done_callback(_close)
             self._open.clear()
+            if wait:
+                concurrent.futures.wait(futures)
 
     def __del__(self) -> None:
-        self.close()
+        self.close(wait=False)
 
     def _open_shard(self, shard: int, wait: bool) -> OpenShard:
         ref = self.refs[shard]
