@@ -92,14 +92,12 @@ class EngineConfig:
     tf32: bool = True
 
     def __post_init__(self):
+        check_at_least(self, {"micro_batch": 0})
         if self.device not in ("auto", "cuda", "cpu") and not (self.device.startswith("cuda:")
                                                               and self.device[5:].isdigit()):
-            raise ValueError(f"engine.device: {self.device!r} is not one of auto, cuda, cuda:N, cpu")
+            raise ValueError(f"device: {self.device!r} is not one of auto, cuda, cuda:N, cpu")
         if self.collective_timeout_s <= 0:
-            raise ValueError(f"engine.collective_timeout_s: must be > 0, got {self.collective_timeout_s}")
-
-    def __post_init__(self):
-        check_at_least(self, {"micro_batch": 0})
+            raise ValueError(f"collective_timeout_s: must be > 0, got {self.collective_timeout_s}")
 
 
 @dataclass

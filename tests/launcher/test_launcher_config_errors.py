@@ -81,6 +81,8 @@ def test_config_error_from_the_console_has_no_traceback(tmp_path):
 # failed later (a division by zero after the first step, a traceback from DeepSpeed or a worker).
 INVALID_VALUES = [
     ("train", "engine.micro_batch=-1", "engine.micro_batch"),
+    ("train", "engine.device=gpu", "engine.device"),
+    ("train", "engine.collective_timeout_s=0", "engine.collective_timeout_s"),
     ("train", "diffusion.steps=0", "diffusion.steps"),
     ("train", "diffusion.timestep_respacing=fast", "diffusion.timestep_respacing"),
     ("train", "optim.betas=[0.9,1.0]", "optim.betas"),
