@@ -261,7 +261,7 @@ def run_checks(job: str, cfg: Any, env=None) -> list[Check]:
     needs = job_needs(job, cfg)
     checks, device = check_torch_and_device(needs, env)
     checks.append(check_nccl(needs, device))
-    if job == "train":
+    if job == "train" and cfg.model.backbone == "lamamba":  # DiT has no scan
         checks.append(check_scan(needs, device))
     on_gpu = device is not None and device.type == "cuda"
     checks.append(check_package("triton", False, "only the Triton scan backend needs it"))

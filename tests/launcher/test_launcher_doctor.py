@@ -106,3 +106,10 @@ def test_too_little_disk_for_the_latent_cache(capsys, clean_env, monkeypatch):
     monkeypatch.setattr(doctor, "_manifest_gb", lambda manifest: 20.0)
     rc, found, _ = checks(capsys, "engine.device=cpu")
     assert rc == 1 and "1.0 GB free, the data set needs about 20.0 GB" in found["cache disk"]["detail"]
+
+
+def test_a_dit_job_has_no_scan_check(capsys, clean_env, tmp_path, monkeypatch):
+    """DiT has no selective scan: the doctor must not judge a scan backend for it (its d_state is unset)."""
+    monkeypatch.setenv("LAMAMBA_DATA_CACHE", str(tmp_path / "cache"))
+    rc, found, _ = checks(capsys, "configs/train/dit_tiny_digits.yaml")
+    assert rc == 0 and "scan" not in found and found["deepspeed"]["status"] == "ok"
