@@ -48,7 +48,7 @@ def test_cli_errors_are_one_line_with_exit_codes(tmp_path, capsys):
     assert main(["evaluate", "--samples", str(tmp_path), f"run_dir={tmp_path}"]) == 2  # no reference
     assert "reference" in capsys.readouterr().err
     assert main(["evaluate", "--samples", str(tmp_path), "--reference", str(tmp_path / "r.npz"),
-                 f"run_dir={tmp_path}", "extractor.kind=evaluation_fakes:build"]) == 1  # no shards there
+                 f"run_dir={tmp_path}", "extractor.kind=evaluation_fakes:build"]) == 2  # no shards: bad input
     assert "no finished shards" in capsys.readouterr().err
 
 
