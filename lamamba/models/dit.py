@@ -22,7 +22,8 @@ from torch.utils.checkpoint import checkpoint
 
 from lamamba.models.block import Mlp, modulate
 from lamamba.models.config import ModelConfig
-from lamamba.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_pos_embed_2d, unpatchify
+from lamamba.models.embeddings import (LabelEmbedder, TimestepEmbedder, check_latent_input, sincos_pos_embed_2d,
+                                       unpatchify)
 from lamamba.models.init import adaln_zero_init
 
 
@@ -110,9 +111,7 @@ class DiT(nn.Module):
         """x: (B, C_in, R, R), t: (B,) timesteps, y: (B,) labels (num_classes = null), drop_mask:
         (B,) bool forcing the null label -> (B, C_out, R, R)."""
         cfg = self.cfg
-        if x.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
-            raise ValueError(f"expected input (B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}), "
-                             f"got {tuple(x.shape)}")
+        check_latent_input(x, cfg.in_channels, cfg.input_size)
         c = self.t_embedder(t) + self.y_embedder(y, drop_mask)
         h = self.x_embedder(x).permute(0, 2, 3, 1) + self.pos_embed.to(x.dtype)
         for block in self.blocks:

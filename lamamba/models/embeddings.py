@@ -80,6 +80,12 @@ def resize_pos_embed(pos_embed: torch.Tensor, size: int | tuple[int, int]) -> to
     return grid.permute(0, 2, 3, 1).to(pos_embed.dtype).contiguous()
 
 
+def check_latent_input(x: torch.Tensor, channels: int, size: int) -> None:
+    """Refuse a network input that is not (B, channels, size, size), naming both shapes."""
+    if x.shape[1:] != (channels, size, size):
+        raise ValueError(f"expected input (B, {channels}, {size}, {size}), got {tuple(x.shape)}")
+
+
 def unpatchify(x: torch.Tensor, patch: int, channels: int) -> torch.Tensor:
     """(B, h, w, p*p*C) per-patch outputs -> the (B, C, h*p, w*p) map (DiT's unpatchify)."""
     b, h, w, _ = x.shape

@@ -18,8 +18,8 @@ from torch.utils.checkpoint import checkpoint
 from lamamba.models.attention import resize_relative_position_bias
 from lamamba.models.block import LaMambaBlock, modulate
 from lamamba.models.config import ModelConfig
-from lamamba.models.embeddings import (LabelEmbedder, TimestepEmbedder, resize_pos_embed, sincos_pos_embed_2d,
-                                       unpatchify)
+from lamamba.models.embeddings import (LabelEmbedder, TimestepEmbedder, check_latent_input, resize_pos_embed,
+                                       sincos_pos_embed_2d, unpatchify)
 from lamamba.models.init import adaln_zero_init
 
 
@@ -146,9 +146,7 @@ class LaMambaDiff(nn.Module):
         """x: (B, C_in, R, R), t: (B,) timesteps, y: (B,) labels (num_classes = null), drop_mask:
         (B,) bool forcing the null label -> (B, C_out, R, R)."""
         cfg = self.cfg
-        if x.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
-            raise ValueError(f"expected input (B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}), "
-                             f"got {tuple(x.shape)}")
+        check_latent_input(x, cfg.in_channels, cfg.input_size)
         c = self.t_embedder(t) + self.y_embedder(y, drop_mask)
         h = self.embed_norm(self.x_embedder(x).permute(0, 2, 3, 1)) + self.pos_embed
         h = self.stages["mid"](h, c) if cfg.architecture == "isotropic" else self._unet(h, c)

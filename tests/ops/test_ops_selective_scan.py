@@ -4,20 +4,7 @@ import pytest
 import torch
 
 from lamamba.ops import selective_scan, selective_scan_reference
-
-
-def random_inputs(batch, dim, groups, n, length, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    f64 = dict(dtype=torch.float64, generator=g)
-    return dict(
-        u=torch.randn(batch, dim, length, **f64),
-        delta=torch.randn(batch, dim, length, **f64) * 0.5 - 1.0,
-        A=-torch.rand(dim, n, **f64) * n - 0.1,
-        B=torch.randn(batch, groups, n, length, **f64),
-        C=torch.randn(batch, groups, n, length, **f64),
-        D=torch.randn(dim, **f64),
-        delta_bias=torch.randn(dim, **f64) * 0.1,
-    )
+from scan_inputs import scan_inputs
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -36,7 +23,7 @@ CASES = [
 
 @pytest.mark.parametrize("batch,dim,groups,n,length", CASES)
 def test_torch_scan_matches_float64_reference(batch, dim, groups, n, length):
-    inputs = random_inputs(batch, dim, groups, n, length)
+    inputs = scan_inputs(batch, dim, groups, n, length)
     ref = {k: v.clone().requires_grad_() for k, v in inputs.items()}
     want = selective_scan_reference(**ref, delta_softplus=True)
     grad_out = torch.randn_like(want)
@@ -54,7 +41,7 @@ def test_torch_scan_matches_float64_reference(batch, dim, groups, n, length):
 
 def test_backward_twice_gives_the_same_gradients():
     # The backward reuses buffers in place; it must never overwrite what it saved.
-    inputs = {k: v.float().requires_grad_() for k, v in random_inputs(2, 8, 4, 1, 100, seed=4).items()}
+    inputs = {k: v.float().requires_grad_() for k, v in scan_inputs(2, 8, 4, 1, 100, seed=4).items()}
     y = selective_scan(**inputs, delta_softplus=True, backend="torch")
     grad_out = torch.randn_like(y)
     first = torch.autograd.grad(y, list(inputs.values()), grad_out, retain_graph=True)
@@ -64,7 +51,7 @@ def test_backward_twice_gives_the_same_gradients():
 
 
 def test_without_optional_inputs_and_softplus():
-    inputs = random_inputs(1, 4, 1, 3, 50, seed=1)
+    inputs = scan_inputs(1, 4, 1, 3, 50, seed=1)
     inputs["delta"] = inputs["delta"].abs() * 0.1
     want = selective_scan_reference(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"])
     got = selective_scan(*(inputs[k].float() for k in ("u", "delta", "A", "B", "C")), backend="torch")
@@ -72,7 +59,7 @@ def test_without_optional_inputs_and_softplus():
 
 
 def test_low_precision_inputs_keep_a_float32_state():
-    inputs = random_inputs(1, 8, 4, 16, 300, seed=2)
+    inputs = scan_inputs(1, 8, 4, 16, 300, seed=2)
     want = selective_scan_reference(**inputs, delta_softplus=True)
     got = selective_scan(**{k: v.bfloat16() for k, v in inputs.items()}, delta_softplus=True, backend="torch")
     assert got.dtype == torch.bfloat16
@@ -81,7 +68,7 @@ def test_low_precision_inputs_keep_a_float32_state():
 
 
 def test_long_decay_does_not_overflow():
-    inputs = random_inputs(1, 4, 1, 16, 600, seed=3)
+    inputs = scan_inputs(1, 4, 1, 16, 600, seed=3)
     inputs["delta"] = inputs["delta"] + 6.0  # exp(delta * A) far below float32's smallest normal
     got = selective_scan(**{k: v.float() for k, v in inputs.items()}, delta_softplus=True, backend="torch")
     want = selective_scan_reference(**inputs, delta_softplus=True)
@@ -89,7 +76,7 @@ def test_long_decay_does_not_overflow():
 
 
 def test_bad_shapes_are_named():
-    inputs = {k: v.float() for k, v in random_inputs(1, 8, 4, 2, 10).items()}
+    inputs = {k: v.float() for k, v in scan_inputs(1, 8, 4, 2, 10).items()}
     inputs["B"] = inputs["B"][:, :3]
     with pytest.raises(ValueError, match="B must be"):
         selective_scan(**inputs)

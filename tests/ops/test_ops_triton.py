@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("triton")
 
 from triton_env import INTERPRETED  # noqa: E402  (before the kernels are imported)
+from scan_inputs import scan_inputs  # noqa: E402
 
 from lamamba.ops import cross_merge, cross_scan, scan_orders, selective_scan, selective_scan_reference  # noqa: E402
 from lamamba.ops import triton_scan  # noqa: E402
@@ -43,20 +44,6 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     torch scan."""
     scale = max(want.abs().max().item(), 1e-2)
     return (got.double().cpu() - want.double().cpu()).abs().max().item() / scale
-
-
-def scan_inputs(batch, dim, groups, n, length, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    f64 = dict(dtype=torch.float64, generator=g)
-    return dict(
-        u=torch.randn(batch, dim, length, **f64),
-        delta=torch.randn(batch, dim, length, **f64) * 0.5 - 1.0,
-        A=-torch.rand(dim, n, **f64) * n - 0.1,
-        B=torch.randn(batch, groups, n, length, **f64),
-        C=torch.randn(batch, groups, n, length, **f64),
-        D=torch.randn(dim, **f64),
-        delta_bias=torch.randn(dim, **f64) * 0.1,
-    )
 
 
 def run(fn, inputs: dict, grad_out: torch.Tensor):
