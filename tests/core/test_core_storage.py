@@ -39,7 +39,7 @@ def test_safe_join_refuses_paths_leaving_the_root(tmp_path, name):
 
 def test_safe_join_keeps_plain_relative_paths(tmp_path):
     assert storage.safe_join(str(tmp_path), "a/b.tar") == str(tmp_path / "a" / "b.tar")
-    assert storage.safe_join("s3://bkt/root", "ckpt/step_1/x.pt") == "s3://bkt/root/ckpt/step_1/x.pt"
+    assert storage.safe_join("s3://bkt/runs", "ckpt/step_1/x.pt") == "s3://bkt/runs/ckpt/step_1/x.pt"
 
 
 def test_sha256_streams_a_file(tmp_path):

@@ -41,7 +41,8 @@ def test_every_protocols_pointer_names_an_existing_section():
 
 
 def test_nothing_refers_outside_the_repository():
-    outside = re.compile(r"shared/spec|\.\./shared")
+    # spelled in pieces so that this file does not itself match the pattern it looks for
+    outside = re.compile("shared" "/spec|" r"\.\./" "shared")
     hits = [str(p.relative_to(ROOT)) for p in tracked_text_files()
-            if p.resolve() != Path(__file__).resolve() and outside.search(p.read_text(errors="replace"))]
+            if outside.search(p.read_text(errors="replace"))]
     assert not hits, f"files referring to documents outside the repository: {hits}"
