@@ -123,10 +123,10 @@ def test_ray_jobs_succeed_and_another_is_cancelled(ray_head, digits_config, tmp_
     assert (Path(record.run_dir) / "latents" / "manifest.json").exists()  # run_dir reached the job
     assert runs.read_outcome(record.run_dir)["state"] == runs.SUCCEEDED
 
-    # Training on the encoded digits: the job places one torchrun (2 CPU ranks) on the cluster.
+    # Training on the encoded digits: the job places one torchrun (2 CPU ranks, --cpu: no GPUs reserved).
     train = ["submit", "train", str(REPO / "configs/train/tiny_digits.yaml"),
              f"data.manifest={record.run_dir}/latents", "max_steps=2", "monitor.sample_every=1000",
-             "engine.activation_checkpointing=none", "--gpus-per-node", "2", "--backend", "ray",
+             "engine.activation_checkpointing=none", "--gpus-per-node", "2", "--cpu", "--backend", "ray",
              "--address", ray_head, "--python", sys.executable, "--runs-root", root, "--follow"]
     assert main(train) == 0
     log = capsys.readouterr().out
