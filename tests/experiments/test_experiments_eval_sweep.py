@@ -152,7 +152,14 @@ def test_a_killed_sweep_resumes_computing_only_the_missing_shards(setup, swept):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = done_shards(str(first))
-    assert finished and len(finished) < SHARDS, f"kill came too late or never: {finished}"
+    assert finished, "the sweep was killed before it finished a shard"
+    if len(finished) == SHARDS:
+        # A quiet machine can finish the first point before the kill lands: take back the markers
+        # of all but its first shard, and of every later point, so that the rerun has work left.
+        for marker in (run_dir / "points").glob("*/*/samples/shard_*.done"):
+            if marker.parent != first or int(marker.stem.split("_")[1]) != finished[0]:
+                marker.unlink()
+        finished = done_shards(str(first))
     stamps = {s: (first / f"shard_{s:05d}.npz").stat().st_mtime_ns for s in finished}
     assert not (run_dir / "results.csv").exists()
 
