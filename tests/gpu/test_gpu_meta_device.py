@@ -6,7 +6,7 @@ have shapes and dtypes but no values, so these tests check placement and precisi
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from op_recorder import OpRecorder
 
 import lamamba.models.ss2d as ss2d
 from lamamba.diffusion import create_diffusion, guided_forward
@@ -17,16 +17,6 @@ from lamamba.training.engine import plan_batches
 from lamamba.training.step import COUNT, QCOUNT, VECTOR, DiffusionTrainStep
 
 META = torch.device("meta")
-
-
-class OpRecorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture

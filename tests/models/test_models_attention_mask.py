@@ -3,19 +3,9 @@
 attention with the full mask spelled out."""
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from op_recorder import OpRecorder
 
 from lamamba.models.attention import WindowAttention, window_partition, window_reverse
-
-
-class OpRecorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 def reference(m: WindowAttention, x: torch.Tensor) -> torch.Tensor:
