@@ -124,8 +124,15 @@ class Supervisor:
 
         Returns (state, exit code of the last attempt, attempts).
         """
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-            signal.signal(signum, self._on_signal)
+        previous = {signum: signal.signal(signum, self._on_signal)
+                    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+        try:
+            return self._attempts(cmd)
+        finally:  # a caller in the same process (a test, an embedding tool) gets its handlers back
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _attempts(self, cmd: list[str]) -> tuple[str, int, int]:
         attempt, rc = 0, 1
         while attempt <= self.max_restarts and not self.stopping:
             attempt += 1

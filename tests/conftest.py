@@ -5,6 +5,8 @@ import os
 import pytest
 import torch
 
+import triton_env  # noqa: F401  (before any test module can import triton: see triton_env.py)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

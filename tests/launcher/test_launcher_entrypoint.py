@@ -21,8 +21,10 @@ FLAKY = "import sys, pathlib; p = pathlib.Path(sys.argv[1]); n = int(p.read_text
 def test_restarts_until_success(tmp_path, capfd):
     counter = tmp_path / "count"
     counter.write_text("")
+    before = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)]
     state, rc, attempts = Supervisor(max_restarts=2).run([sys.executable, "-c", FLAKY, str(counter), "3"])
     assert (state, rc, attempts) == (runs.SUCCEEDED, 0, 3)
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)] == before
     assert "attempt 2 failed with exit code 7; restart 2/2" in capfd.readouterr().out
 
 

@@ -1,4 +1,4 @@
-"""The kernel tests run in Triton's CPU interpreter (see triton_env.py)."""
+"""The kernel tests run in Triton's CPU interpreter (see ../triton_env.py)."""
 
 import pytest
 

@@ -70,6 +70,7 @@ def test_numerics_guard_counts_and_stops_after_k_in_a_row():
 
 
 def test_preemption_watcher_catches_signals_and_budget():
+    before = signal.getsignal(signal.SIGUSR1)
     watcher = PreemptionWatcher(("SIGUSR1",))
     try:
         assert not watcher.stop_requested()
@@ -77,7 +78,7 @@ def test_preemption_watcher_catches_signals_and_budget():
         assert watcher.stop_requested() and watcher.reason() == "SIGUSR1"
     finally:
         watcher.restore()
-    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGUSR1) is before
     assert PreemptionWatcher((), time_budget_s=1e-9).stop_requested()
     with pytest.raises(ValueError, match="SIGNOPE"):
         PreemptionWatcher(("SIGNOPE",))
