@@ -14,14 +14,19 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+# One intra-op thread for the whole session, module and session fixtures included. The tests'
+# tensors are small: on a 2-core machine shared with Ray workers and torchrun ranks, torch's
+# spin-waiting thread pool makes them several times slower, not faster. And one thread count
+# everywhere: a fixture run with two threads sums in another order than the one-thread
+# subprocesses it is compared with.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    """The tests' tensors are small: on a 2-core machine shared with Ray workers and torchrun ranks,
-    torch's spin-waiting thread pool makes them several times slower, not faster."""
-    previous = torch.get_num_threads()
+    """Each test starts with one thread, whatever the code under the previous test set."""
     torch.set_num_threads(1)
     yield
-    torch.set_num_threads(previous)
 
 
 class S3Server:

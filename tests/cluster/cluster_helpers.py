@@ -7,9 +7,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
-STEPS = 6  # the tiny digits run of the cluster tests: a checkpoint every 2 steps
+# The tiny digits run of the cluster tests, with a checkpoint every step: a test that interrupts
+# it after the first commit still has 7 steps to go, which even a fast machine does not finish
+# before the interruption lands.
+STEPS = 8
 TRAIN_OVERRIDES = [f"max_steps={STEPS}", "monitor.sample_every=0", "engine.activation_checkpointing=none",
-                   "checkpoint.keep_last=10"]
+                   "checkpoint.every_steps=1", "checkpoint.keep_last=10"]
 TRAIN_CONFIG = str(REPO / "configs" / "train" / "tiny_digits.yaml")
 
 
