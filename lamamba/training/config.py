@@ -68,10 +68,11 @@ class EngineConfig:
     """DeepSpeed: ZeRO stage, precision, micro-batching and activation checkpointing."""
 
     zero_stage: Literal[1, 2, 3] = 2
-    # "bf16": DeepSpeed bf16 (the module holds bf16 copies; the SSM's A_log, D, dt bias reach the
-    # scan bf16-rounded); "bf16-autocast": DeepSpeed's torch_autocast, fp32 module parameters and
-    # bf16 matmuls/convs, so the scan reads the fp32 weights exactly (2 more bytes per parameter).
-    precision: Literal["bf16", "bf16-autocast", "fp32"] = "bf16"
+    # "bf16-autocast" (default, Mamba's own recipe): DeepSpeed's torch_autocast, fp32 module
+    # parameters and bf16 matmuls/convs, so the scan reads the fp32 weights exactly (2 more bytes
+    # per parameter, fp32 elementwise activations); "bf16": DeepSpeed bf16 (the module holds bf16
+    # copies; the SSM's A_log, D, dt bias reach the scan bf16-rounded; for memory-bound runs).
+    precision: Literal["bf16", "bf16-autocast", "fp32"] = "bf16-autocast"
     # Largest per-rank micro-batch: each rank's share of the global batch (global_batch /
     # world_size) is split into micro-batches of at most this size whose gradients are
     # accumulated. 0 = the whole share at once.

@@ -35,8 +35,12 @@ def test_deepspeed_config_takes_batch_precision_and_clipping_from_the_run():
     ds = deepspeed_config(cfg, plan_batches(cfg.global_batch, 16, cfg.engine.micro_batch))
     assert ds["train_batch_size"] == 256 and ds["train_micro_batch_size_per_gpu"] == 4
     assert ds["gradient_accumulation_steps"] == 4 and ds["gradient_clipping"] == 1.0
-    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] is True
-    assert "optimizer" not in ds
+    assert ds["zero_optimization"]["stage"] == 3 and "optimizer" not in ds
+    # the default bf16-autocast: fp32 module parameters, DeepSpeed's torch.autocast in forward
+    assert ds["bf16"]["enabled"] is False and ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    cfg = load_config(TrainConfig, "configs/train/xl_1024.yaml", ["engine.precision=bf16"])
+    ds = deepspeed_config(cfg, plan_batches(cfg.global_batch, 16, cfg.engine.micro_batch))
+    assert ds["bf16"]["enabled"] is True and "torch_autocast" not in ds
     cfg = load_config(TrainConfig, None, ["engine.ds_config=missing.json"])
     with pytest.raises(ConfigError, match="missing.json"):
         deepspeed_config(cfg, plan_batches(256, 8))
@@ -49,6 +53,8 @@ def test_every_train_config_loads(path):
         assert cfg.global_batch == 256 and cfg.optim.lr == 1e-4 and cfg.optim.weight_decay == 0.0
         assert cfg.ema.decays[0] == 0.9999
         assert cfg.model.input_size * 8 == int(os.path.basename(path).rsplit("_", 1)[1][:-5])
+        # the scan reads fp32 SSM parameters in every LaMamba-Diff recipe (DiT has no SSM)
+        assert cfg.engine.precision == ("bf16" if os.path.basename(path).startswith("dit") else "bf16-autocast")
 
 
 def test_bad_config_values_name_the_key():
