@@ -1,6 +1,7 @@
 """The local cluster itself: separate hosts (addresses, hostnames, names resolved), SLURM with a
 node per host, and a teardown that leaves no process or namespace behind."""
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -39,11 +40,12 @@ def test_teardown_stops_every_process_and_deletes_the_namespaces():
     if unavailable():
         pytest.skip(f"local cluster unavailable: {unavailable()}")
     with tempfile.TemporaryDirectory() as root:
-        net = Network(1, Path(root), prefix="lmteardown")
+        prefix = f"lmteardown{os.getpid()}"  # two test sessions on one machine do not share it
+        net = Network(1, Path(root), prefix=prefix)
         host = net.hosts[0]
         proc = subprocess.Popen(host.command(["sleep", "300"]), start_new_session=True)
         assert proc.pid in host.pids()
         net.close()
         assert proc.wait(timeout=10) != 0  # killed
         names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert "lmteardown" not in names
+        assert f"{prefix}-" not in names
