@@ -90,7 +90,7 @@ def worker(args) -> None:
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 2**20
     result = {"preset": args.preset, "resolution": args.resolution, "stage": args.stage, "ckpt": args.ckpt,
-              "ranks": world.world_size, "global_batch": cfg.global_batch, "micro_batch": plan.micro_batch,
+              "precision": args.precision, "ranks": world.world_size, "global_batch": cfg.global_batch, "micro_batch": plan.micro_batch,
               "images_per_s": images_per_s, "peak_gib": peak, "saved_gib": sum(saved.values()) / 2**30,
               "device": str(world.device.type)}
     if cuda and args.peak_tflops > 0:
@@ -116,7 +116,7 @@ def launch(setting: dict, nproc: int, common: list[str]) -> dict | None:
 
 
 def table(rows: list[dict]) -> str:
-    cols = ["preset", "resolution", "stage", "ckpt", "ranks", "global_batch", "micro_batch", "images_per_s",
+    cols = ["preset", "resolution", "stage", "ckpt", "precision", "ranks", "global_batch", "micro_batch", "images_per_s",
             "peak_gib", "saved_gib", "mfu"]
     cols = [c for c in cols if any(c in r for r in rows)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--precision", default="bf16-autocast", help="engine.precision (bf16-autocast, bf16, fp32)")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     args = parser.parse_args()
     if args.mode == "worker":

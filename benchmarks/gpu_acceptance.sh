@@ -3,8 +3,8 @@
 #   1. the tests marked `cuda` (torch scan on CUDA vs the float64 reference, mamba_ssm / Triton vs
 #      the torch scan where installed, CFG sampling determinism within a tolerance);
 #   2. the benchmarks: XL at 256 and 512 px training images/s, MFU and peak memory over a
-#      micro-batch sweep with and without activation checkpointing (real DeepSpeed bf16 steps of
-#      XL on one GPU), XL at 256 px sampling images/s with 250 steps and CFG;
+#      micro-batch sweep with and without activation checkpointing (real DeepSpeed steps of XL on
+#      one GPU, in the default bf16-autocast, and plain bf16 at 256 px beside it), XL at 256 px sampling images/s with 250 steps and CFG;
 #   3. the Triton kernels compiled on the GPU: tests/ops/test_ops_triton.py (the CPU interpreter's
 #      tests, TRITON_INTERPRET=0) and benchmarks/bench_triton_scan.py (fused SS2D core vs the torch
 #      scan and mamba_ssm, bandwidth vs peak; its --quick CPU check in the --cpu form).

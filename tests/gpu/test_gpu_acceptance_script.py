@@ -22,7 +22,9 @@ def test_gpu_acceptance_cpu_quick_form(tmp_path):
     report = json.loads((tmp_path / "acceptance.json").read_text())
     assert report["tests"]["ran"] and report["tests"]["failures"] == 0 and report["tests"]["tests"] >= 5
     trained = [r for r in report["training"] if not r.get("failed")]
-    assert {r["ckpt"] for r in trained} == {"none", "all"} and all(r["images_per_s"] > 0 for r in trained)
+    assert {(r["ckpt"], r["precision"]) for r in trained} == {("none", "bf16-autocast"), ("all", "bf16-autocast"),
+                                                               ("none", "bf16")}
+    assert all(r["images_per_s"] > 0 for r in trained)
     assert report["sampling"]["steps"] == 250 and report["sampling"]["images_per_s"] > 0
     assert "## Training" in (tmp_path / "acceptance.md").read_text()
     triton_rows = json.loads((tmp_path / "triton_scan.json").read_text())["rows"]

@@ -45,7 +45,7 @@ def meta_model(preset: str, input_size: int, num_classes: int = 1000) -> torch.n
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["S", "XL-release"])
+@pytest.mark.parametrize("preset", ["S", "XL", "XL-release"])
 def test_forward_and_backward_at_256px_under_bf16(preset, torch_scan_on_meta):
     model = meta_model(preset, 32).to(torch.bfloat16)  # DeepSpeed bf16 holds bf16 module weights
     x = torch.randn(2, 4, 32, 32, device=META, dtype=torch.bfloat16)
