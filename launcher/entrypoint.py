@@ -154,7 +154,7 @@ class Supervisor:
 
 def job_process_command(args: argparse.Namespace, config: str) -> tuple[list[str], int, int]:
     """The command this entrypoint supervises, this node's rank, and how often the entrypoint
-    itself restarts it (a multi-node SLURM job restarts inside torchrun, on every node at once)."""
+    itself restarts it (a multi-node SLURM job restarts as a new job step, on every node at once)."""
     job = job_command(args.job, config, args.run_dir, python=args.python)
     module_args = job[1:]  # "-m launcher.cli JOB CONFIG run_dir=..."
     if not JOBS[args.job].distributed:
@@ -164,11 +164,12 @@ def job_process_command(args: argparse.Namespace, config: str) -> tuple[list[str
         return torchrun_prefix(args.python, 1, args.nproc_per_node, log_dir=log_dir) + module_args, 0, args.max_restarts
     if args.rendezvous == "slurm":
         rdzv = rendezvous_from_env(os.environ)
-        multi = rdzv.nnodes > 1
         prefix = torchrun_prefix(args.python, rdzv.nnodes, args.nproc_per_node, rdzv.node_rank, rdzv.master_addr,
-                                 rdzv.master_port, rank_log_dir(args.run_dir, rdzv.node_rank),
-                                 rdzv_id=f"slurm-{rdzv.job_id}", max_restarts=args.max_restarts if multi else 0)
-        return prefix + module_args, rdzv.node_rank, 0 if multi else args.max_restarts
+                                 rdzv.master_port, rank_log_dir(args.run_dir, rdzv.node_rank), rdzv_id=rdzv.rdzv_id)
+        # Several nodes restart together: the batch script starts the whole job step again (fresh
+        # processes and a fresh rendezvous on every node), so neither torchrun nor this entrypoint
+        # restarts on its own; one node restarts here.
+        return prefix + module_args, rdzv.node_rank, 0 if rdzv.nnodes > 1 else args.max_restarts
     gpus_per_node = 0 if args.cpu else args.nproc_per_node
     return (ray_torchrun_command(args.python, args.nnodes, args.nproc_per_node, gpus_per_node, module_args), 0,
             args.max_restarts)

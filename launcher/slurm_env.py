@@ -74,9 +74,14 @@ def expand_nodelist(nodelist: str) -> list[str]:
     return hosts
 
 
-def port_for_job(job_id: int) -> int:
-    """The rendezvous port of a job: fixed by its id, so every node (and a requeue) agrees."""
-    return PORT_BASE + job_id % PORT_SPAN
+# Each job owns STEP_PORTS consecutive ports, one per job step (the batch script starts the
+# training step again after a failure: a fresh rendezvous on a port no old process holds).
+STEP_PORTS = 8
+
+
+def port_for_job(job_id: int, step_id: int = 0) -> int:
+    """The rendezvous port of one step of a job: fixed by the ids, so every node agrees."""
+    return PORT_BASE + (job_id * STEP_PORTS + step_id % STEP_PORTS) % PORT_SPAN
 
 
 @dataclass(frozen=True)
@@ -84,20 +89,29 @@ class Rendezvous:
     """How one node task joins the job's torch.distributed rendezvous."""
 
     job_id: int
+    step_id: int  # SLURM_STEP_ID: the batch script's restarts of the training step differ in it
+    restart: int  # SLURM_RESTART_COUNT: a requeued job starts its steps again from 0
     nnodes: int
     node_rank: int
     master_addr: str
     master_port: int
     hosts: tuple[str, ...]
 
+    @property
+    def rdzv_id(self) -> str:
+        """The torchrun rendezvous id: one per step of one (re)start of the job."""
+        return f"slurm-{self.job_id}-{self.restart}-{self.step_id}"
 
-def _int_var(env: Mapping[str, str], *names: str) -> int:
+
+def _int_var(env: Mapping[str, str], *names: str, default: int | None = None) -> int:
     for name in names:
         if name in env:
             try:
                 return int(env[name])
             except ValueError:
                 raise SlurmEnvError(f"{name}={env[name]!r} is not an integer") from None
+    if default is not None:
+        return default
     raise SlurmEnvError(f"{' or '.join(names)} is not set: not inside a SLURM job step?")
 
 
@@ -119,8 +133,10 @@ def rendezvous_from_env(env: Mapping[str, str]) -> Rendezvous:
         raise SlurmEnvError(f"SLURM_NNODES={nnodes} but the node list {nodelist!r} has {len(hosts)} hosts")
     if not 0 <= node_rank < nnodes:
         raise SlurmEnvError(f"node rank {node_rank} is outside [0, {nnodes})")
-    return Rendezvous(job_id=job_id, nnodes=nnodes, node_rank=node_rank, master_addr=hosts[0],
-                      master_port=port_for_job(job_id), hosts=hosts)
+    step_id = _int_var(env, "SLURM_STEP_ID", "SLURM_STEPID", default=0)
+    restart = _int_var(env, "SLURM_RESTART_COUNT", default=0)
+    return Rendezvous(job_id=job_id, step_id=step_id, restart=restart, nnodes=nnodes, node_rank=node_rank,
+                      master_addr=hosts[0], master_port=port_for_job(job_id, step_id), hosts=hosts)
 
 
 def main() -> int:

@@ -76,7 +76,9 @@ class SlurmBackend:
             extra_sbatch=opts.get("sbatch_args") or [], setup=opts.get("setup") or [],
             workdir=shlex.quote(opts.get("workdir") or os.getcwd()),
             pythonpath=shlex.quote(opts.get("pythonpath") or PROJECT_ROOT), command=command,
-            signal_lead_s=SIGNAL_LEAD_S, save_window_s=SAVE_WINDOW_S, doctor=shlex.join(sub.doctor_command()))
+            signal_lead_s=SIGNAL_LEAD_S, save_window_s=SAVE_WINDOW_S, doctor=shlex.join(sub.doctor_command()),
+            # several nodes restart as one job step (one node's entrypoint restarts itself)
+            step_restarts=sub.max_restarts if sub.nodes > 1 else 0)
 
     def submit(self, sub: Submission, artifact_path: str) -> dict[str, Any]:
         out = run_tool(["sbatch", "--parsable", artifact_path], "SLURM").strip()

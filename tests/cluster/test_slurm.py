@@ -2,8 +2,8 @@
 hosts): status, logs and cancel against the scheduler; a preemption (USR1 to the batch shell,
 as SLURM sends before the time limit) that reaches the ranks under srun, a checkpoint committed,
 the requeue, and the requeued job resuming to the uninterrupted run's exact weights; a 2-node
-torchrun (c10d rendezvous across the hosts) whose rank on one host is killed mid-run, and that
-restarts on both hosts and resumes to the same weights."""
+torchrun (c10d rendezvous across the hosts) whose processes on one host are all killed mid-run,
+and whose job step the batch script starts again on both hosts, resuming to the same weights."""
 
 import datetime as dt
 import json
@@ -134,34 +134,39 @@ def test_preempted_job_checkpoints_requeues_and_resumes_exactly(slurm, cluster_r
     assert committed_at - signalled < 90  # within the template's save window
 
 
-def test_two_node_torchrun_restarts_after_a_host_loses_its_ranks(slurm, cluster_root, digits_latents, reference_run):
+def test_two_node_step_restarts_after_a_host_loses_its_processes(slurm, cluster_root, digits_latents, reference_run):
     cli = Cli(slurm, cluster_root, cluster_root / "slurm-2node")
     run_id = cli.submit(f"data.manifest={digits_latents}", *TRAIN_OVERRIDES, "--nodes", "2", "--gpus-per-node", "1",
                         "--max-restarts", "2")
     run_dir = cli.runs_root / run_id
     _wait(lambda: 1 in _committed(run_dir), "the first checkpoint", 300)
 
-    # Kill node1's training rank (not its torchrun): a crashed process on one host. Both nodes'
-    # torchruns then restart their ranks, which meet again in the rendezvous and resume.
-    def node1_ranks():
+    # Kill every process of the job on node1 at once (its entrypoint, torchrun and rank), as a
+    # node that dies would. The step fails on both nodes (srun --kill-on-bad-exit) and the batch
+    # script starts it again: fresh processes on both hosts meet in a new rendezvous and resume.
+    def node1_job_processes():
         out = []
         for pid in slurm.network.hosts[1].pids():
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"launcher.cli" in cmdline and b"torch.distributed.run" not in cmdline:
+            if any(name in cmdline for name in (b"launcher.entrypoint", b"launcher.cli", b"torch.distributed.run")):
                 out.append(pid)
         return out
 
-    for pid in _wait(node1_ranks, "node1's rank", 30):
-        os.kill(pid, signal.SIGKILL)
+    for pid in _wait(node1_job_processes, "node1's job processes", 30):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     state = cli.wait_state(run_id, ("SUCCEEDED", "FAILED"), 360)
     log = cli("logs", run_id, "--runs-root", str(cli.runs_root))
     assert state == "SUCCEEDED", log[-3000:] + _rank_logs(run_dir)
-    # torchrun on node1 saw its rank killed; both torchruns restarted their ranks (no new attempt
-    # of the entrypoint), which resumed from a commit and finished.
-    assert "failed (exitcode: -9)" in log and "resumed from" in log and f"finished: {STEPS} steps" in log
+    # The batch script saw the step fail and started it again; both nodes' new entrypoints
+    # succeeded at their first attempt, after resuming from a commit.
+    assert "job step failed (exit" in log and "restart 1/2 on every node" in log, log[-3000:]
+    assert "resumed from" in log and f"finished: {STEPS} steps" in log
     assert log.count("train succeeded (exit code 0, 1 attempt(s))") == 2
     assert max(_committed(run_dir)) == STEPS
     assert_same_weights(final_weights(run_dir), final_weights(reference_run))

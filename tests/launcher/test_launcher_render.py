@@ -25,9 +25,9 @@ def _check_golden(name: str, text: str) -> None:
     assert text == path.read_text(), f"{name} differs from its golden file"
 
 
-def _submission(job="train", nodes=1, gpus=8, **options):
+def _submission(job="train", nodes=1, gpus=8, max_restarts=0, **options):
     return Submission(job=job, run_id=f"{job}-xl-256-0123abcd", run_dir=f"/shared/runs/{job}-xl-256-0123abcd",
-                      nodes=nodes, gpus_per_node=gpus, max_restarts=0, python="python", options=options)
+                      nodes=nodes, gpus_per_node=gpus, max_restarts=max_restarts, python="python", options=options)
 
 
 SLURM_OPTIONS = {"partition": "gpu", "time": "48:00:00", "account": "diffusion", "workdir": "/shared/lamamba",
@@ -44,6 +44,14 @@ def test_sbatch_golden(nodes):
     assert "#SBATCH --signal=B:USR1@120\n" in script and "#SBATCH --requeue\n" in script
     assert "trap forward_preemption USR1" in script and "--rendezvous=slurm" in script
     assert "srun --nodes" in script and "--cpus-per-task=" in script.split("srun --nodes")[1]  # not inherited
+
+
+@pytest.mark.parametrize("nodes, step_restarts", [(1, 0), (4, 3)])
+def test_sbatch_restarts_a_multi_node_step_as_a_whole(nodes, step_restarts):
+    """--max-restarts 3: several nodes restart together as a new job step; one node's entrypoint
+    restarts itself (its --max-restarts), so the script does not."""
+    script = SlurmBackend().render(_submission(nodes=nodes, max_restarts=3, **SLURM_OPTIONS))
+    assert f'[ "$attempt" -ge {step_restarts} ]' in script and "--max-restarts=3" in script
 
 
 def test_sbatch_single_node_job_without_gpu_request():

@@ -39,10 +39,14 @@ def test_rendezvous_every_node_agrees():
     assert seen[0].hosts == ("gpu01", "gpu02", "gpu03", "gpu07")
 
 
-def test_rendezvous_port_is_a_function_of_the_job_id():
-    ports = {port_for_job(j) for j in range(100000, 100500)}
-    assert len(ports) == 500 and all(15000 <= p < 30000 for p in ports)  # below the ephemeral range
+def test_rendezvous_port_is_a_function_of_the_job_and_step_ids():
+    ports = {port_for_job(j, step) for j in range(100000, 100500) for step in range(8)}
+    assert len(ports) == 4000 and all(15000 <= p < 30000 for p in ports)  # below the ephemeral range
     assert rendezvous_from_env(_env(SLURM_PROCID="2")).master_port == port_for_job(4242)  # PROCID fallback
+    # the batch script's restart of the training step: another port and another rendezvous id
+    again = rendezvous_from_env(_env(SLURM_NODEID="0", SLURM_STEP_ID="2", SLURM_RESTART_COUNT="1"))
+    assert again.master_port == port_for_job(4242, 2) != port_for_job(4242, 1)
+    assert again.rdzv_id == "slurm-4242-1-2"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -57,7 +61,7 @@ def test_rendezvous_errors_name_the_variable(change, message):
 
 
 def test_entrypoint_starts_torchrun_with_the_slurm_rendezvous(monkeypatch, tmp_path):
-    for key, value in _env(SLURM_NODEID="2", SLURM_PROCID="2").items():
+    for key, value in _env(SLURM_NODEID="2", SLURM_PROCID="2", SLURM_STEP_ID="1").items():
         monkeypatch.setenv(key, value)
     args = argparse.Namespace(job="train", run_dir=str(tmp_path), rendezvous="slurm", nnodes=4, nproc_per_node=8,
                               python="python", max_restarts=2, cpu=False)
@@ -65,9 +69,11 @@ def test_entrypoint_starts_torchrun_with_the_slurm_rendezvous(monkeypatch, tmp_p
     assert node_rank == 2
     assert cmd[:3] == ["python", "-m", "torch.distributed.run"]
     for flag in ("--nproc-per-node=8", "--nnodes=4", "--rdzv-backend=c10d",
-                 f"--rdzv-endpoint=gpu01:{port_for_job(4242)}", "--rdzv-id=slurm-4242", "--rdzv-conf=is_host=false",
+                 f"--rdzv-endpoint=gpu01:{port_for_job(4242, 1)}", "--rdzv-id=slurm-4242-0-1",
+                 "--rdzv-conf=is_host=false",
                  f"--log-dir={tmp_path}/logs/ranks/node2"):
         assert flag in cmd
-    # Restarts happen inside torchrun, on every node together; the entrypoint does not add its own.
-    assert "--max-restarts=2" in cmd and entrypoint_restarts == 0
+    # Several nodes restart as one job step (the batch script's loop): neither torchrun nor the
+    # entrypoint restarts on its own.
+    assert not any(flag.startswith("--max-restarts") for flag in cmd) and entrypoint_restarts == 0
     assert cmd[-5:] == ["-m", "launcher.cli", "train", "cfg.yaml", f"run_dir={tmp_path}"]
