@@ -171,19 +171,24 @@ class FlakyProxy:
         self._server.close()
 
 
-@pytest.fixture
-def flaky_proxy():
-    """``flaky_proxy((host, port), latency_s=..., cut_every=..., cut_after=...) -> FlakyProxy``,
-    stopped after the test."""
+def _proxies(kind):
+    """A fixture body: yields ``make(upstream, **options) -> kind``; stops what it made after the test."""
     proxies = []
 
     def make(upstream, **options):
-        proxies.append(FlakyProxy(upstream, **options))
+        proxies.append(kind(upstream, **options))
         return proxies[-1]
 
     yield make
     for proxy in proxies:
         proxy.stop()
+
+
+@pytest.fixture
+def flaky_proxy():
+    """``flaky_proxy((host, port), latency_s=..., cut_every=..., cut_after=...) -> FlakyProxy``,
+    stopped after the test."""
+    yield from _proxies(FlakyProxy)
 
 
 class OutageProxy(FlakyProxy):
@@ -222,12 +227,4 @@ class OutageProxy(FlakyProxy):
 @pytest.fixture
 def outage_proxy():
     """``outage_proxy((host, port)) -> OutageProxy``, stopped after the test."""
-    proxies = []
-
-    def make(upstream, **options):
-        proxies.append(OutageProxy(upstream, **options))
-        return proxies[-1]
-
-    yield make
-    for proxy in proxies:
-        proxy.stop()
+    yield from _proxies(OutageProxy)

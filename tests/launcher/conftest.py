@@ -1,4 +1,5 @@
-"""Fixtures of the launcher tests: fake cluster tools (sbatch, kubectl, ...) on PATH."""
+"""Fixtures of the launcher tests: fake cluster tools (sbatch, kubectl, ...) on PATH; the digits
+encoded as identity latents by the encode job, for the tests that train."""
 
 import os
 import stat
@@ -36,3 +37,14 @@ def fake_tools(tmp_path, monkeypatch):
         return log.read_text().splitlines() if log.exists() else []
 
     return install, tmp_path, calls
+
+
+@pytest.fixture(scope="session")
+def digits_latents(tmp_path_factory):
+    from data_pipeline import EncodeConfig, run_encode
+    from lamamba.config import load_config
+
+    run_dir = tmp_path_factory.mktemp("encode")
+    cfg = load_config(EncodeConfig, None, [f"run_dir={run_dir}", "source.kind=digits", "autoencoder.kind=identity",
+                                           "autoencoder.image_channels=1", "resolution=8", "ray.num_workers=0"])
+    return run_encode(cfg).manifest_url

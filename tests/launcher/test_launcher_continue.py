@@ -106,17 +106,6 @@ def test_credentials_are_not_sent_to_a_ray_cluster(tmp_path, capsys):
     assert "storage_options.key" in err and "AKIDXYZ" not in err and not (tmp_path / "runs").exists()
 
 
-@pytest.fixture(scope="module")
-def digits_latents(tmp_path_factory):
-    from data_pipeline import EncodeConfig, run_encode
-    from lamamba.config import load_config
-
-    run_dir = tmp_path_factory.mktemp("encode")
-    cfg = load_config(EncodeConfig, None, [f"run_dir={run_dir}", "source.kind=digits", "autoencoder.kind=identity",
-                                           "autoencoder.image_channels=1", "resolution=8", "ray.num_workers=0"])
-    return run_encode(cfg).manifest_url
-
-
 @pytest.mark.slow
 def test_a_training_run_with_s3_credentials_writes_them_nowhere(digits_latents, s3_server, tmp_path, monkeypatch,
                                                                  capsys):

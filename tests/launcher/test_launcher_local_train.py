@@ -5,23 +5,10 @@ import os
 import time
 from pathlib import Path
 
-import pytest
-
 from launcher import runs
 from launcher.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def digits_latents(tmp_path_factory):
-    from data_pipeline import EncodeConfig, run_encode
-    from lamamba.config import load_config
-
-    run_dir = tmp_path_factory.mktemp("encode")
-    cfg = load_config(EncodeConfig, None, [f"run_dir={run_dir}", "source.kind=digits", "autoencoder.kind=identity",
-                                           "autoencoder.image_channels=1", "resolution=8", "ray.num_workers=0"])
-    return run_encode(cfg).manifest_url
 
 
 def _wait_for(predicate, what, timeout_s=240):
