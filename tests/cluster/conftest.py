@@ -47,7 +47,9 @@ def slurm(hosts, cluster_root):
 def ray_cluster(hosts, cluster_root):
     from cluster.local.ray import RayCluster
 
-    cluster = RayCluster(hosts, cluster_root / "ray", cpus_per_node=2, env=job_env())
+    # The nodes' shard cache in this session's temp dir, as the other runs' (not in ~/.cache).
+    cluster = RayCluster(hosts, cluster_root / "ray", cpus_per_node=2,
+                         env=job_env(LAMAMBA_DATA_CACHE=str(cluster_root / "cache")))
     yield cluster
     cluster.close()
 
