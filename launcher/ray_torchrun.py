@@ -3,9 +3,11 @@
 ``python -m launcher.ray_torchrun --nnodes N --nproc-per-node G -- -m launcher.cli train ...``
 runs inside a Ray job (the driver started by :mod:`launcher.entrypoint`). It reserves N bundles
 of G GPUs, one per node (STRICT_SPREAD), asks the first bundle's node for its address and a free
-port, and runs on each node a Ray task that executes torchrun with that rendezvous. If any node's
-torchrun fails the others are cancelled and the exit code is non-zero; the entrypoint's restart
-loop then starts a fresh attempt, which resumes from the newest committed checkpoint.
+port, and runs on each node a Ray task that executes torchrun with that rendezvous (each task logs
+its host and Ray node id). If any node's torchrun fails, or is lost with its node, that is said in
+one line, the others are cancelled and the exit code is non-zero; the entrypoint's restart loop
+then starts a fresh attempt, whose placement group waits until N nodes are alive again, and which
+resumes from the newest committed checkpoint.
 """
 
 from __future__ import annotations
