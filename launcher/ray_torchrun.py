@@ -3,9 +3,11 @@
 ``python -m launcher.ray_torchrun --nnodes N --nproc-per-node G -- -m launcher.cli train ...``
 runs inside a Ray job (the driver started by :mod:`launcher.entrypoint`). It reserves N bundles
 of G GPUs, one per node (STRICT_SPREAD), asks the first bundle's node for its address and a free
-port, and runs on each node a Ray task that executes torchrun with that rendezvous. If any node's
-torchrun fails the others are cancelled and the exit code is non-zero; the entrypoint's restart
-loop then starts a fresh attempt, which resumes from the newest committed checkpoint.
+port, and runs on each node a Ray task that executes torchrun with that rendezvous (each task logs
+its host and Ray node id). If any node's torchrun fails, or is lost with its node, that is said in
+one line, the others are cancelled and the exit code is non-zero; the entrypoint's restart loop
+then starts a fresh attempt, whose placement group waits until N nodes are alive again, and which
+resumes from the newest committed checkpoint.
 """
 
 from __future__ import annotations
@@ -38,6 +40,22 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def _node_exit_code(ray, ref, node_rank: int, others: list[int]) -> int:
+    """The exit code of node ``node_rank``'s torchrun; a torchrun lost with its node or its Ray
+    worker (a machine failure, a preemption) is a failure of the attempt, said in one line."""
+    try:
+        rc = ray.get(ref)
+        why = f"exited with code {rc}"
+    except ray.exceptions.RayError as err:
+        rc = 1
+        detail = str(err).strip().splitlines()
+        why = f"was lost ({type(err).__name__}: {detail[0] if detail else ''})"
+    if rc != 0:
+        stopping = f"stopping node rank(s) {', '.join(map(str, others))}; " if others else ""
+        print(f"[lamamba] node rank {node_rank}: torchrun {why}; {stopping}this attempt failed", flush=True)
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     @ray.remote(num_cpus=1, num_gpus=args.gpus_per_node, max_retries=0)
     def node_torchrun(node_rank: int, master_addr: str, master_port: int) -> int:
         cmd = torchrun_prefix(args.python, args.nnodes, args.nproc_per_node, node_rank, master_addr, master_port)
-        print(f"[lamamba] node rank {node_rank}: torchrun on {ray.util.get_node_ip_address()}", flush=True)
+        node = ray.get_runtime_context().get_node_id()
+        print(f"[lamamba] node rank {node_rank}: torchrun on {socket.gethostname()} "
+              f"({ray.util.get_node_ip_address()}, Ray node {node})", flush=True)
         return subprocess.call(cmd + module_args, preexec_fn=_die_with_parent)
 
     master_addr, master_port = ray.get(rendezvous_address.options(scheduling_strategy=on_bundle(0)).remote())
@@ -85,11 +105,12 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     pending = [node_torchrun.options(scheduling_strategy=on_bundle(i)).remote(i, master_addr, master_port)
                for i in range(args.nnodes)]
+    node_ranks = {ref: i for i, ref in enumerate(pending)}
     rc = 0
     try:
         while pending and rc == 0:
             done, pending = ray.wait(pending, num_returns=1)
-            rc = ray.get(done[0])
+            rc = _node_exit_code(ray, done[0], node_ranks[done[0]], sorted(node_ranks[r] for r in pending))
     finally:
         for ref in pending:  # a node failed: stop the others so the attempt ends as a whole
             ray.cancel(ref, force=True)

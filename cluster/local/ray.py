@@ -9,6 +9,7 @@ on that host, e.g. a slurmd of the same local cluster, are left alone).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -118,13 +119,18 @@ class RayCluster:
                  f"sys.exit(not takes_jobs('{self.address}'))"]
         return self.run(probe, timeout=90).returncode == 0
 
-    def alive_nodes(self) -> int:
-        """How many nodes the head counts as alive (0 while its job server is not up)."""
+    def alive(self) -> dict[str, str]:
+        """Node id -> address of every node the head counts as alive ({} while its job server is not up)."""
         probe = [sys.executable, "-c", "import json, urllib.request; nodes = json.load(urllib.request.urlopen("
                  f"'{self.address}/nodes?view=summary', timeout=5))['data']['summary']; "
-                 "print(sum(n['raylet']['state'] == 'ALIVE' for n in nodes))"]
+                 "print(json.dumps({n['raylet']['nodeId']: n['raylet']['nodeManagerAddress'] for n in nodes "
+                 "if n['raylet']['state'] == 'ALIVE'}))"]
         out = self.run(probe, timeout=30)
-        return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
+        return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else {}
+
+    def alive_nodes(self) -> int:
+        """How many nodes the head counts as alive (0 while its job server is not up)."""
+        return len(self.alive())
 
     def _node_pids(self, host: Host) -> list[int]:
         """Every process of the Ray node on ``host``: those naming its temp dir (raylet, GCS,
@@ -134,11 +140,19 @@ class RayCluster:
         roots = [p for p in host.pids() if temp in _cmdline(p)]
         return sorted({p for r in roots for p in (r, *descendants(r))})
 
-    def add_worker(self, index: int) -> None:
-        """Start a Ray node on worker host ``index`` again (a replacement, with a new node id)."""
+    def add_worker(self, index: int) -> str:
+        """Start a Ray node on worker host ``index`` again (a replacement); returns its new node id
+        once the head counts it alive. The head may still count a removed node alive for a while
+        (until it has missed enough health checks), so the new node is told apart by its id."""
         host = self.network.hosts[index]
-        self._start_until([(host, [f"--address={self.gcs}"])], lambda: self.alive_nodes() == len(self.procs),
-                          f"the replacement node on {host.hostname}")
+        known = set(self.alive())
+
+        def replacement() -> str:
+            return next((node for node, address in self.alive().items()
+                         if address == host.address and node not in known), "")
+
+        self._start_until([(host, [f"--address={self.gcs}"])], replacement, f"the replacement node on {host.hostname}")
+        return replacement()
 
     def remove_worker(self, index: int) -> None:
         """SIGKILL every process of the Ray node on worker host ``index`` at once (a node lost

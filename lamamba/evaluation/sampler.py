@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -144,8 +145,9 @@ class ShardSampler:
             feats = self.extractor(images)
             files["features"] = {"name": features_name(shard), **write_npz(
                 storage.join(out, features_name(shard)), extractor=np.array(self.extractor.name), **feats)}
-        write_json(storage.join(out, done_name(shard)),
-                   {"shard": shard, "start": indices[0], "stop": indices[-1] + 1, "files": files})
+        # The host that computed the shard: where to look when one shard of a fanned-out set is off.
+        write_json(storage.join(out, done_name(shard)), {"shard": shard, "start": indices[0], "stop": indices[-1] + 1,
+                                                         "host": socket.gethostname(), "files": files})
         return len(indices)
 
 

@@ -4,7 +4,8 @@
     <out>/shard_00000.npz               arr_0 (n, H, W, C) uint8 NHWC (ADM's format), labels, indices
     <out>/shard_00000.features.npz      pool / spatial / logits float32 (optional, "features only")
     <out>/shard_00000.done              JSON marker, written last: the shard is complete, with
-                                        each file's name, size and sha256
+                                        each file's name, size and sha256 (and the host that
+                                        computed it)
 
 Shard i always holds sample indices [i * shard_size, min((i + 1) * shard_size, N)), whatever
 the number of workers, so a rerun only computes shards without a valid marker. A marker is valid

@@ -1,8 +1,10 @@
 """Shared pieces of the cluster tests: the job environment, the tiny training run they all make,
-and the comparison of its final weights."""
+the lamamba CLI run on a cluster host, bounded waits, and the comparison of final weights."""
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,3 +40,49 @@ def assert_same_weights(a: dict, b: dict) -> None:
         assert a[name].keys() == b[name].keys(), name
         for key in a[name]:
             assert torch.equal(a[name][key], b[name][key]), f"{name}:{key} differs"
+
+
+class Cli:
+    """`python -m launcher.cli ...` run on a host of ``network`` with ``env``; ``submit`` adds the
+    backend's flags (``backend_args``) and this runs root."""
+
+    def __init__(self, network, env: dict, runs_root: Path, backend_args: list[str]):
+        self.network, self.env, self.runs_root, self.backend_args = network, env, runs_root, backend_args
+
+    def __call__(self, *args: str, host: int = 0, check: bool = True) -> str:
+        cmd = self.network.hosts[host].command([sys.executable, "-m", "launcher.cli", *args])
+        proc = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=120)
+        assert not check or proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    def submit(self, *args: str, job: str = "train", config: str = TRAIN_CONFIG) -> str:
+        """Submit a run; returns its run id."""
+        out = self("submit", job, config, *args, *self.backend_args, "--runs-root", str(self.runs_root))
+        return out.split()[1]
+
+    def state(self, run_id: str) -> str:
+        return self("status", run_id, "--runs-root", str(self.runs_root)).split()[3]
+
+    def logs(self, run_id: str) -> str:
+        return self("logs", run_id, "--runs-root", str(self.runs_root))
+
+    def wait_state(self, run_id: str, states: tuple[str, ...], timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while (state := self.state(run_id)) not in states:
+            assert time.monotonic() < deadline, f"{run_id} still {state}:\n{self.logs(run_id)[-4000:]}"
+            time.sleep(1.0)
+        return state
+
+
+def wait_for(predicate, what: str, timeout_s: float, poll_s: float = 0.2):
+    """``predicate()``'s first true value, polled until ``timeout_s`` (then the test fails)."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll_s)
+    return value
+
+
+def committed(run_dir: Path) -> list[int]:
+    """The steps of a run's committed checkpoints."""
+    return sorted(int(p.parent.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*/COMMITTED"))

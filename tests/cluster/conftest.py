@@ -1,6 +1,7 @@
 """The local cluster of the cluster tests (cluster/local): two network-namespace hosts, SLURM on
-both (munge, slurmctld, two slurmd) and, for the Ray tests, a Ray head and a worker. Session-wide;
-torn down by PID. Skipped, saying why, where root or namespaces (or SLURM) are unavailable."""
+both (munge, slurmctld, two slurmd) and, for the Ray tests, a Ray head and a worker. Session-wide
+(the Ray cluster: for its test module); torn down by PID. Skipped, saying why, where root or
+namespaces (or SLURM) are unavailable."""
 
 import shutil
 import subprocess
@@ -43,11 +44,15 @@ def slurm(hosts, cluster_root):
     cluster.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster(hosts, cluster_root):
+    """Up for the module that uses it (test_ray_cluster.py), then down: with a Ray cluster left on
+    the hosts, the SLURM 2-node restart test's gloo ranks failed to connect after the restart."""
     from cluster.local.ray import RayCluster
 
-    cluster = RayCluster(hosts, cluster_root / "ray", cpus_per_node=2, env=job_env())
+    # The nodes' shard cache in this session's temp dir, as the other runs' (not in ~/.cache).
+    cluster = RayCluster(hosts, cluster_root / "ray", cpus_per_node=2,
+                         env=job_env(LAMAMBA_DATA_CACHE=str(cluster_root / "cache")))
     yield cluster
     cluster.close()
 

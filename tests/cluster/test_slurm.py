@@ -10,45 +10,21 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from cluster_helpers import REPO, STEPS, TRAIN_CONFIG, TRAIN_OVERRIDES, assert_same_weights, final_weights, job_env
+from cluster_helpers import (STEPS, TRAIN_OVERRIDES, Cli, assert_same_weights, committed, final_weights, job_env,
+                             wait_for)
 
 pytestmark = pytest.mark.slow
 
 
-class Cli:
-    """`python -m launcher.cli ...` run on a cluster host, with the cluster's SLURM_CONF."""
-
-    def __init__(self, slurm, cluster_root: Path, runs_root: Path):
-        self.slurm, self.runs_root = slurm, runs_root
-        self.env = slurm.env(job_env(LAMAMBA_DATA_CACHE=str(cluster_root / "cache")))
-
-    def __call__(self, *args: str, host: int = 0, check: bool = True) -> str:
-        cmd = self.slurm.network.hosts[host].command([sys.executable, "-m", "launcher.cli", *args])
-        proc = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=120)
-        assert not check or proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout
-
-    def submit(self, *args: str) -> str:
-        out = self("submit", "train", TRAIN_CONFIG, *args, "--backend", "slurm", "--cpu", "--cpus-per-node", "2",
-                   "--runs-root", str(self.runs_root))
-        return out.split()[1]
-
-    def state(self, run_id: str) -> str:
-        return self("status", run_id, "--runs-root", str(self.runs_root)).split()[3]
-
-    def wait_state(self, run_id: str, states: tuple[str, ...], timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        while (state := self.state(run_id)) not in states:
-            assert time.monotonic() < deadline, f"{run_id} still {state}:\n{self('logs', run_id, '--runs-root', str(self.runs_root))[-4000:]}"
-            time.sleep(1.0)
-        return state
+def _cli(slurm, cluster_root: Path, runs_root: Path) -> Cli:
+    """The CLI on a cluster host with the cluster's SLURM_CONF, submitting CPU ranks to SLURM."""
+    env = slurm.env(job_env(LAMAMBA_DATA_CACHE=str(cluster_root / "cache")))
+    return Cli(slurm.network, env, runs_root, ["--backend", "slurm", "--cpu", "--cpus-per-node", "2"])
 
 
 @pytest.fixture(autouse=True)
@@ -56,14 +32,6 @@ def no_job_left_behind(slurm):
     """A failed test's job must not hold the nodes (or the cache) for the next test."""
     yield
     slurm.run("scancel", "--full", "--user", "root", check=False)
-
-
-def _wait(predicate, what: str, timeout_s: float, poll_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(poll_s)
-    return value
 
 
 def _stamp(line: str) -> float:
@@ -78,46 +46,36 @@ def _rank_logs(run_dir: Path) -> str:
                    for p in sorted((run_dir / "logs" / "ranks").rglob("*.log")))
 
 
-def _committed(run_dir: Path) -> list[int]:
-    return sorted(int(p.parent.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*/COMMITTED"))
-
-
 def test_preempted_job_checkpoints_requeues_and_resumes_exactly(slurm, cluster_root, digits_latents, reference_run):
-    cli = Cli(slurm, cluster_root, cluster_root / "slurm-runs")
+    cli = _cli(slurm, cluster_root, cluster_root / "slurm-runs")
     run_id = cli.submit(f"data.manifest={digits_latents}", *TRAIN_OVERRIDES, "--gpus-per-node", "2")
     record = json.loads((cli.runs_root / run_id / "launch" / "run.json").read_text())
     job_id, run_dir = record["handle"]["job_id"], Path(record["run_dir"])
     assert cli.state(run_id) in ("PENDING", "RUNNING")
 
-    # Another run queued behind it (it needs both nodes; one is taken) is cancelled through the scheduler.
-    other = cli.submit(f"data.manifest={digits_latents}", *TRAIN_OVERRIDES, "seed=1", "--new-run", "--nodes", "2",
-                       "--gpus-per-node", "1")
-    assert cli.state(other) == "PENDING"
-    assert f"cancelled {other}" in cli("cancel", other, "--runs-root", str(cli.runs_root))
-    assert cli.wait_state(other, ("STOPPED",), 30) == "STOPPED"
-
     # The training step (step 1; step 0 is `lamamba doctor` on every node) has the job's CPUs per
     # task (the template passes --cpus-per-task to srun: SLURM 22.05 documents that srun no longer
     # takes sbatch's; this 22.05.8 build still does).
-    step = _wait(lambda: (out := slurm.run("scontrol", "show", "step", f"{job_id}.1", check=False)) * ("StepId=" in out),
-                 "the training step", 120)
+    step = wait_for(lambda: (out := slurm.run("scontrol", "show", "step", f"{job_id}.1", check=False))
+                    * ("StepId=" in out), "the training step", 120, poll_s=0.1)
     assert "CPUs=2" in step, step
     # The signal goes out once rank 0 catches it (device.json is written after the watcher is set
     # up), not after a checkpoint: a fast machine finishes the run before a late signal lands.
     # A signal during start-up still ends in a checkpoint, after the first step.
-    _wait(lambda: (run_dir / "device.json").exists(), "rank 0 to start", 240)
+    wait_for(lambda: (run_dir / "device.json").exists(), "rank 0 to start", 240, poll_s=0.05)
     signalled = time.time()
     slurm.run("scancel", "--signal=USR1", "--batch", job_id)  # what --signal=B:USR1@120 sends
 
     # The ranks commit a checkpoint and the job is requeued. SLURM holds a requeued job for
     # 120 s (BeginTime); release it at once so the test does not wait.
-    _wait(lambda: "requeueing job" in cli("logs", run_id, "--runs-root", str(cli.runs_root)), "the requeue", 120)
-    _wait(lambda: "BeginTime" in slurm.run("squeue", "--noheader", "--jobs", job_id, "--format=%r", check=False)
-          or cli.state(run_id) != "PENDING", "the requeued job to be held", 30)
+    wait_for(lambda: "requeueing job" in cli.logs(run_id), "the requeue", 120)
+    wait_for(lambda: "BeginTime" in slurm.run("squeue", "--noheader", "--jobs", job_id, "--format=%r", check=False)
+             or cli.state(run_id) != "PENDING", "the requeued job to be held", 30)
     slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
     state = cli.wait_state(run_id, ("SUCCEEDED", "FAILED"), 300)
-    log = cli("logs", run_id, "--runs-root", str(cli.runs_root))
-    assert state == "SUCCEEDED", log[-6000:]
+    log = cli.logs(run_id)
+    assert state == "SUCCEEDED", log[-3000:] + _rank_logs(run_dir)
+
     stopped = int(re.search(r"preempted \((SIGUSR1|another rank's request)\) at step (\d+)", log).group(2))
     assert 1 <= stopped < STEPS, log[-3000:]
     assert f"resumed from {run_dir}/checkpoints/step_{stopped:08d}" in log and f"finished: {STEPS} steps" in log
@@ -135,11 +93,11 @@ def test_preempted_job_checkpoints_requeues_and_resumes_exactly(slurm, cluster_r
 
 
 def test_two_node_step_restarts_after_a_host_loses_its_processes(slurm, cluster_root, digits_latents, reference_run):
-    cli = Cli(slurm, cluster_root, cluster_root / "slurm-2node")
+    cli = _cli(slurm, cluster_root, cluster_root / "slurm-2node")
     run_id = cli.submit(f"data.manifest={digits_latents}", *TRAIN_OVERRIDES, "--nodes", "2", "--gpus-per-node", "1",
                         "--max-restarts", "2")
     run_dir = cli.runs_root / run_id
-    _wait(lambda: 1 in _committed(run_dir), "the first checkpoint", 300)
+    wait_for(lambda: 1 in committed(run_dir), "the first checkpoint", 300, poll_s=0.05)
 
     # Kill every process of the job on node1 at once (its entrypoint, torchrun and rank), as a
     # node that dies would. The step fails on both nodes (srun --kill-on-bad-exit) and the batch
@@ -155,18 +113,27 @@ def test_two_node_step_restarts_after_a_host_loses_its_processes(slurm, cluster_
                 out.append(pid)
         return out
 
-    for pid in _wait(node1_job_processes, "node1's job processes", 30):
+    for pid in wait_for(node1_job_processes, "node1's job processes", 30):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+    # While the job holds both nodes (its step restarts inside the allocation), another run queues
+    # behind it and is cancelled through the scheduler.
+    other = cli.submit(f"data.manifest={digits_latents}", *TRAIN_OVERRIDES, "seed=1", "--new-run",
+                       "--gpus-per-node", "1")
+    assert cli.state(other) == "PENDING"
+    assert f"cancelled {other}" in cli("cancel", other, "--runs-root", str(cli.runs_root))
+    assert cli.wait_state(other, ("STOPPED",), 30) == "STOPPED"
+
     state = cli.wait_state(run_id, ("SUCCEEDED", "FAILED"), 360)
-    log = cli("logs", run_id, "--runs-root", str(cli.runs_root))
+    log = cli.logs(run_id)
     assert state == "SUCCEEDED", log[-3000:] + _rank_logs(run_dir)
     # The batch script saw the step fail and started it again; both nodes' new entrypoints
     # succeeded at their first attempt, after resuming from a commit.
     assert "job step failed (exit" in log and "restart 1/2 on every node" in log, log[-3000:]
     assert "resumed from" in log and f"finished: {STEPS} steps" in log
     assert log.count("train succeeded (exit code 0, 1 attempt(s))") == 2
-    assert max(_committed(run_dir)) == STEPS
+    assert max(committed(run_dir)) == STEPS
     assert_same_weights(final_weights(run_dir), final_weights(reference_run))
