@@ -166,9 +166,7 @@ class _RankBatches(Dataset):
         for shard in now:  # the batch's samples shard by shard
             where = np.flatnonzero(shards == shard)
             opened = self.reader.shard(shard)
-            part = np.empty((len(where), *chosen.shape[1:]), dtype=np.float16)
-            opened.copy_samples(rows[where], flips[where], part)
-            chosen[where] = part
+            chosen[where] = opened.gather(rows[where], flips[where])
             labels[where] = opened.index.labels[rows[where]]
         return {
             "x": keyed_latents(chosen, index, epochs, self.seed, self.scale),

@@ -32,14 +32,14 @@ class OpenShard:
     index: ShardIndex
     cache: ShardCache
 
-    def copy_samples(self, rows: np.ndarray, flips: np.ndarray, out: np.ndarray) -> None:
-        """Copy each sample ``rows[k]``'s [mean, std] of flip ``flips[k]`` into ``out[k]``
-        (k, 2, C, h, w) float16; no view of the map leaves this method, so :meth:`release` can
-        always unmap it."""
+    def gather(self, rows: np.ndarray, flips: np.ndarray) -> np.ndarray:
+        """(k, 2, C, h, w) float16: sample ``rows[k]``'s [mean, std] of flip ``flips[k]``, copied out
+        of the map in one fancy-indexing gather; no view of the map outlives this call, so
+        :meth:`release` can always unmap it."""
         half = self.index.count // 2
-        flat = out.reshape(len(out), half)
-        for k, (offset, flip) in enumerate(zip(self.index.offsets[rows].tolist(), flips.tolist())):
-            flat[k] = np.frombuffer(self.buffer, np.float16, half, offset + 2 * half * flip)
+        values = np.frombuffer(self.buffer, np.float16, len(self.buffer) // 2)
+        windows = np.lib.stride_tricks.sliding_window_view(values, half)  # row v: the half values from value v
+        return windows[self.index.offsets[rows] // 2 + half * flips].reshape(len(rows), *self.index.shape[1:])
 
     def release(self) -> None:
         self.buffer.close()  # unmapped before unpinned: eviction never frees a file still mapped
