@@ -137,7 +137,9 @@ class ShardReader:
         path = self.cache.pin(ref, wait)
         try:
             with open(path, "rb") as f:
-                buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                # Populated here, on the fetch thread: the step that gathers from it takes no page faults.
+                buffer = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                                   prot=mmap.PROT_READ)
             try:
                 index = self._index(ref, buffer)
                 self._check(index, shard, path)
