@@ -38,8 +38,8 @@ from lamamba.rng import keyed_normals, keyed_seeds, purpose_id
 FLIP = purpose_id("flip")
 POSTERIOR = purpose_id("posterior")
 PREFETCH_FACTOR = 4  # steps each DataLoader worker builds ahead
-CHUNK_VALUES = 1 << 18  # latent values per chunk of the keyed draw (see keyed_latents)
-SERIAL_VALUES = 1 << 14  # below torch's intra-op grain (32768 elements): one thread
+CHUNK_VALUES = 1 << 16  # latent values per chunk of the keyed draw (see keyed_latents)
+SERIAL_VALUES = (1 << 15) - 1  # torch runs an element-wise op under 32768 elements (its grain) on one thread
 
 
 def keyed_flips(seed: int, index: np.ndarray, epochs: np.ndarray) -> np.ndarray:
@@ -53,7 +53,7 @@ def keyed_latents(chosen: np.ndarray, index: np.ndarray, epochs: np.ndarray, see
 
     eps for a sample is ``keyed_normals([keyed_seed(seed, POSTERIOR, index, epoch)], C*h*w)``
     reshaped to (C, h, w). The draw goes through in chunks of about ``CHUNK_VALUES`` values, which
-    keep numpy's temporaries in the CPU cache (a whole 256-sample batch at once was 3x slower).
+    keep numpy's temporaries in the CPU cache (a whole 256-sample batch at once was 2-3x slower).
     """
     b, n = len(index), int(np.prod(chosen.shape[2:]))
     seeds = keyed_seeds(seed, POSTERIOR, index, epochs)
