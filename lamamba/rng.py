@@ -4,7 +4,9 @@ A sample's flip, posterior noise, timestep, diffusion noise and label drop depen
 sample index, epoch), and a sample-set image's noise on (seed, index), never on a per-rank generator
 stream (docs/protocols.md, *Data order and keyed randomness*), so that results do not depend on the
 number of workers, the batch a sample lands in, or where a run was resumed. Draws are made on the
-CPU (whose generator is the same on every machine) and then moved to the target device.
+CPU (whose generator is the same on every machine) and then moved to the target device: from one
+seeded torch generator per sample, or, for the loader's posterior noise, from the counter-based
+:func:`keyed_normals`, which draws a whole batch in a few array operations.
 """
 
 from __future__ import annotations

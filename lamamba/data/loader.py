@@ -10,7 +10,8 @@ sample is seen exactly once per epoch.
 
 Everything random about a sample is keyed by (seed, dataset index, epoch) with
 :mod:`lamamba.rng`: whether it is flipped (bit 0 of the keyed seed of purpose "flip") and the
-posterior draw z = mean + std * eps (eps from the keyed generator of purpose "posterior"). So the
+posterior draw z = mean + std * eps (eps from :func:`~lamamba.rng.keyed_normals` of the keyed
+seed of purpose "posterior", counter-based, so a batch is drawn at once). So the
 batches depend on neither the number of ranks nor the number of DataLoader workers nor where the
 run resumed, and a resume at ``samples_consumed`` seeks there without replaying anything.
 

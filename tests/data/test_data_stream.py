@@ -208,7 +208,8 @@ def test_index_files_are_written_once_beside_the_shards_and_evicted_with_them(st
     take(small, 16)
     small.close()
     shards, cache = tmp_path / "small" / "shards", small.reader.cache
-    assert len(cache.downloaded) > 8 and {p.stem for p in shards.glob("*.index")} == {p.stem for p in shards.glob("*.tar")}
+    assert len(cache.downloaded) > 8
+    assert {p.stem for p in shards.glob("*.index")} == {p.stem for p in shards.glob("*.tar")}
     assert cache.usage_bytes() == sum(p.stat().st_size for p in shards.iterdir()) <= limit
     assert cache.peak_bytes() <= limit
 
