@@ -34,6 +34,7 @@ from lamamba.data.cache import CacheFullError, default_cache_dir
 from lamamba.data.manifest import manifest_url_of, read_manifest
 from lamamba.data.order import epoch_order
 from lamamba.data.reader import ShardReader
+from lamamba.data.shard_format import index_file_bytes
 from lamamba.rng import keyed_normals, keyed_seeds, purpose_id
 
 FLIP = purpose_id("flip")
@@ -81,15 +82,16 @@ def _to_float32(values: np.ndarray) -> np.ndarray:
 
 
 def required_cache_bytes(manifest: dict[str, Any], block_shards: int, window_samples: int) -> int:
-    """Bytes of shards the readers of one node may pin at once: the blocks a span of
-    ``window_samples`` stream positions can touch (one more if it crosses an epoch's short last
-    block), plus the block fetched ahead; never more than the whole data set."""
+    """Bytes of shards (with their index files) the readers of one node may pin at once: the
+    blocks a span of ``window_samples`` stream positions can touch (one more if it crosses an
+    epoch's short last block), plus the block fetched ahead; never more than the whole data set."""
     shards = [s for s in manifest["shards"] if s["num_items"]]
+    stored = [s["size"] + index_file_bytes(s["num_items"]) for s in shards]
     k = min(block_shards, len(shards))
-    largest = sum(sorted((s["size"] for s in shards), reverse=True)[:k])
+    largest = sum(sorted(stored, reverse=True)[:k])
     smallest = sum(sorted(s["num_items"] for s in shards)[:k])
     blocks = math.ceil(window_samples / smallest) + 3
-    return min(blocks * largest, sum(s["size"] for s in shards))
+    return min(blocks * largest, sum(stored))
 
 
 class _RankBatches(Dataset):

@@ -15,7 +15,7 @@ from data_pipeline.writer import write_shard
 from lamamba import storage
 from lamamba.data import CacheFullError, LatentLoader, ManifestError, ShardCache, ShardError, epoch_order
 from lamamba.data.cache import ShardRef
-from lamamba.data.shard_format import ShardSample
+from lamamba.data.shard_format import ShardSample, index_file_bytes
 from lamamba.storage import UnsafePathError
 
 N, SHARD, BLOCK, G = 60, 4, 3, 8  # 15 shards in 5 blocks of 3; 7.5 steps per epoch
@@ -149,7 +149,7 @@ def test_concurrent_readers_and_two_runs_share_one_node_cache(stream_data, tmp_p
         assert len(downloads) == len(set(downloads)) == 15
 
         # Two runs (on two data sets) at once on a cache that must evict.
-        limit = 15 * shard_bytes  # one run needs all 15 of its shards; both runs need 25
+        limit = 15 * (shard_bytes + index_file_bytes(SHARD))  # one run needs all 15 shards; both runs need 25
         jobs = [(url, str(tmp_path / "small"), 0, 1, 3, limit / 1e9, steps),
                 (other, str(tmp_path / "small"), 0, 1, 4, limit / 1e9, steps)]
         results = pool.map(_read, jobs, chunksize=1)
