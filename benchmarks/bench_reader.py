@@ -133,7 +133,7 @@ def local(args) -> None:
     rate, cpu = _rate(big, steps)
     print(f"warm local cache, one process: {rate:,.0f} samples/s, {cpu * 1e6:.0f} CPU-us/sample "
           f"({1 / cpu:,.0f} samples per CPU-second)")
-    chosen = torch.zeros((args.batch, 2, 4, args.latent, args.latent), dtype=torch.float16)
+    chosen = np.zeros((args.batch, 2, 4, args.latent, args.latent), dtype=np.float16)
     index, epochs = np.arange(args.batch), np.zeros(args.batch, dtype=np.int64)
     cpu = time.process_time()
     for _ in range(10):

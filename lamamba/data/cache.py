@@ -4,7 +4,9 @@ workers, other runs).
 Layout under the cache root: ``shards/<sha256>.tar`` (content-addressed: a file is named by the
 checksum it was verified against, so two data sets or two runs sharing a shard share one copy,
 and a hand-edited manifest can never make a reader trust another shard's bytes),
-``shards/<sha256>.<size>.partial`` while it downloads, ``locks/<sha256>.lock`` per shard and
+``shards/<sha256>.index`` beside it (its member offsets, written once by the process that
+downloaded it, so no other reader parses the tar again), ``shards/<sha256>.<bytes>.partial``
+while it downloads (bytes = the shard and its index), ``locks/<sha256>.lock`` per shard and
 ``cache.lock`` for the space accounting.
 
 - Pins: a reader holds a shared ``flock`` on a shard's lock file for as long as it may read the
@@ -13,9 +15,10 @@ and a hand-edited manifest can never make a reader trust another shard's bytes),
 - One download per shard: the fetching process holds the shard's exclusive lock; others block on
   their shared lock and then find the file in place. A download streams into the partial file
   (bounded memory), is checked against the manifest's size and sha256, and is renamed into place.
-- The limit: before a download the bytes are reserved under ``cache.lock`` (the partial file,
-  which carries its final size in its name, is created inside that critical section), evicting the
-  least recently pinned unpinned shards first; files on disk therefore never exceed the limit. If
+- The limit: before a download the bytes of the shard and its index are reserved under
+  ``cache.lock`` (the partial file, which carries them in its name, is created inside that critical
+  section), evicting the least recently pinned unpinned shards (with their indexes) first; files on
+  disk therefore never exceed the limit. If
   live pins leave no room, the reservation waits for readers to move on, then fails with the fix.
 - Object storage: transient failures (connection drops, timeouts, a checksum mismatch in transit)
   are retried with exponential backoff; a missing shard, or one still wrong after the retries, is a
@@ -30,6 +33,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lamamba import storage
@@ -51,6 +55,7 @@ class ShardRef:
     url: str
     sha256: str
     size: int
+    index_size: int = 0  # bytes of the index file kept beside it (reserved with it)
 
 
 def default_cache_dir() -> str:
@@ -76,21 +81,25 @@ class ShardCache:
 
     Args:
         root: the cache folder (created); shared by every run on the node.
-        limit_bytes: most bytes of shard files (complete and partial) on disk at any time.
+        limit_bytes: most bytes of shard files (complete and partial) and their indexes on disk at any time.
         storage_options: fsspec options for reading the shards.
         attempts: tries per shard download before it is an error.
         backoff_s: the first retry's wait; doubled per retry, at most 16x.
         space_timeout_s: how long a download waits for pinned shards to be released.
+        indexer: ``indexer(path, url)`` = the bytes of the index file of the verified shard at
+            ``path`` (written beside it after the download; None = no index files).
     """
 
     def __init__(self, root: str, limit_bytes: int, storage_options: dict | None = None, *, attempts: int = 6,
-                 backoff_s: float = 0.5, space_timeout_s: float = 600.0):
+                 backoff_s: float = 0.5, space_timeout_s: float = 600.0,
+                 indexer: Callable[[str, str], bytes] | None = None):
         self.root = root
         self.limit_bytes = int(limit_bytes)
         self.storage_options = storage_options
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.space_timeout_s = space_timeout_s
+        self.indexer = indexer
         self.downloaded: list[str] = []  # urls this process fetched (tests and benchmarks read it)
         for sub in ("shards", "locks"):
             os.makedirs(os.path.join(root, sub), exist_ok=True)
@@ -100,6 +109,10 @@ class ShardCache:
 
     def path(self, ref: ShardRef) -> str:
         return os.path.join(self.root, "shards", f"{ref.sha256}.tar")
+
+    def index_path(self, ref: ShardRef) -> str:
+        """Where ``ref``'s index file is kept (a reader that finds none may write it while pinned)."""
+        return os.path.join(self.root, "shards", f"{ref.sha256}.index")
 
     def _lock_path(self, sha: str) -> str:
         return os.path.join(self.root, "locks", f"{sha}.lock")
@@ -161,8 +174,8 @@ class ShardCache:
     # -- space --------------------------------------------------------------------------------
 
     def usage_bytes(self) -> int:
-        """Bytes of shard files on disk now (partial files at their final size)."""
-        return sum(size for _, size, _ in self._entries())
+        """Bytes of shard and index files on disk now (partial files at their final size)."""
+        return sum(size for _, _, size, _ in self._entries())
 
     def peak_bytes(self) -> int:
         """The most bytes ever reserved in this cache (recorded under the accounting lock)."""
@@ -172,20 +185,23 @@ class ShardCache:
         except FileNotFoundError:
             return 0
 
-    def _entries(self) -> list[tuple[str, int, float]]:
-        """(file name, size, last use) of every complete or partial shard file."""
+    def _entries(self) -> list[tuple[str, list[str], int, float]]:
+        """(sha256, file names, bytes, last use) of every shard on disk: its complete or partial
+        file and its index file."""
         folder = os.path.join(self.root, "shards")
-        entries = []
+        shards: dict[str, tuple[list[str], int, float]] = {}
         for name in os.listdir(folder):
+            sha, _, kind = name.partition(".")
+            if kind != "tar" and not kind.startswith("index") and not kind.endswith(".partial"):
+                continue  # "index" also covers an index file being written (or left by a crash)
             try:
                 stat = os.stat(os.path.join(folder, name))
             except FileNotFoundError:
                 continue
-            if name.endswith(".partial"):
-                entries.append((name, int(name.split(".")[1]), stat.st_mtime))
-            elif name.endswith(".tar"):
-                entries.append((name, stat.st_size, stat.st_mtime))
-        return entries
+            names, size, used = shards.get(sha, ([], 0, 0.0))
+            size += int(kind.split(".")[0]) if kind.endswith(".partial") else stat.st_size
+            shards[sha] = ([*names, name], size, max(used, stat.st_mtime))
+        return [(sha, names, size, used) for sha, (names, size, used) in shards.items()]
 
     def _reserve(self, ref: ShardRef, partial: str, wait: bool) -> None:
         """Make room for ``ref`` and create its partial file, inside the accounting lock."""
@@ -194,10 +210,11 @@ class ShardCache:
         while True:
             with open(os.path.join(self.root, "cache.lock"), "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                used = self._make_room(ref.size)
-                if used + ref.size <= self.limit_bytes:
+                need = ref.size + ref.index_size
+                used = self._make_room(need)
+                if used + need <= self.limit_bytes:
                     open(partial, "wb").close()
-                    self._record_peak(used + ref.size)
+                    self._record_peak(used + need)
                     return
             if time.monotonic() >= deadline:
                 raise CacheFullError(
@@ -210,19 +227,21 @@ class ShardCache:
     def _make_room(self, need: int) -> int:
         """Evict unpinned shards, least recently used first, until ``need`` fits; the bytes in use."""
         entries = self._entries()
-        used = sum(size for _, size, _ in entries)
+        used = sum(size for _, _, size, _ in entries)
         folder = os.path.join(self.root, "shards")
-        for name, size, _ in sorted(entries, key=lambda e: e[2]):
+        for sha, names, size, _ in sorted(entries, key=lambda e: e[3]):
             if used + need <= self.limit_bytes:
                 break
-            fd = _try_exclusive(self._lock_path(name.split(".")[0]))
+            fd = _try_exclusive(self._lock_path(sha))
             if fd is None:
                 continue  # pinned, or being downloaded
-            try:  # nobody holds it: a complete file to evict or a dead download's leftover
-                os.remove(os.path.join(folder, name))
+            try:  # nobody holds it: a complete shard to evict or a dead download's leftover
+                for name in names:
+                    try:
+                        os.remove(os.path.join(folder, name))
+                    except FileNotFoundError:
+                        pass
                 used -= size
-            except FileNotFoundError:
-                pass
             finally:
                 os.close(fd)
         return used
@@ -235,7 +254,7 @@ class ShardCache:
 
     def _download(self, ref: ShardRef, path: str, wait: bool) -> None:
         """Fetch ``ref`` into ``path`` (this process holds the shard's exclusive lock)."""
-        partial = os.path.join(self.root, "shards", f"{ref.sha256}.{ref.size}.partial")
+        partial = os.path.join(self.root, "shards", f"{ref.sha256}.{ref.size + ref.index_size}.partial")
         self._reserve(ref, partial, wait)
         try:
             last, mismatches = None, 0
@@ -260,11 +279,22 @@ class ShardCache:
                     continue
                 os.replace(partial, path)
                 self.downloaded.append(ref.url)
+                self._write_index(ref, path)
                 return
             raise ShardError(f"shard {ref.url} could not be fetched in {self.attempts} attempts; last error: {last}")
         finally:
             if os.path.exists(partial):
                 os.remove(partial)
+
+    def _write_index(self, ref: ShardRef, path: str) -> None:
+        """Keep the index of the shard just verified beside it (this process holds its exclusive lock)."""
+        if self.indexer is None:
+            return
+        try:
+            data = self.indexer(path, ref.url)
+        except ShardError:
+            return  # bytes the manifest vouches for but that do not parse: the reader names the shard
+        storage.write_bytes(self.index_path(ref), data)
 
     def _fetch_once(self, ref: ShardRef, partial: str) -> None:
         fs, remote = storage.filesystem(ref.url, self.storage_options)

@@ -10,7 +10,8 @@ sample is seen exactly once per epoch.
 
 Everything random about a sample is keyed by (seed, dataset index, epoch) with
 :mod:`lamamba.rng`: whether it is flipped (bit 0 of the keyed seed of purpose "flip") and the
-posterior draw z = mean + std * eps (eps from the keyed generator of purpose "posterior"). So the
+posterior draw z = mean + std * eps (eps from :func:`~lamamba.rng.keyed_normals` of the keyed
+seed of purpose "posterior", counter-based, so a batch is drawn at once). So the
 batches depend on neither the number of ranks nor the number of DataLoader workers nor where the
 run resumed, and a resume at ``samples_consumed`` seeks there without replaying anything.
 
@@ -33,49 +34,64 @@ from lamamba.data.cache import CacheFullError, default_cache_dir
 from lamamba.data.manifest import manifest_url_of, read_manifest
 from lamamba.data.order import epoch_order
 from lamamba.data.reader import ShardReader
-from lamamba.rng import keyed_seed, purpose_id
+from lamamba.data.shard_format import index_file_bytes
+from lamamba.rng import keyed_normals, keyed_seeds, purpose_id
 
 FLIP = purpose_id("flip")
 POSTERIOR = purpose_id("posterior")
 PREFETCH_FACTOR = 4  # steps each DataLoader worker builds ahead
+CHUNK_VALUES = 1 << 16  # latent values per chunk of the keyed draw (see keyed_latents)
+SERIAL_VALUES = (1 << 15) - 1  # torch runs an element-wise op under 32768 elements (its grain) on one thread
 
 
 def keyed_flips(seed: int, index: np.ndarray, epochs: np.ndarray) -> np.ndarray:
     """(b,) 0/1: whether each sample is read flipped; bit 0 of ``keyed_seed(seed, FLIP, index, epoch)``."""
-    return np.array([keyed_seed(seed, FLIP, i, e) & 1 for i, e in zip(index.tolist(), epochs.tolist())],
-                    dtype=np.int64)
+    return (keyed_seeds(seed, FLIP, index, epochs) & np.uint64(1)).astype(np.int64)
 
 
-def keyed_latents(chosen: torch.Tensor, index: np.ndarray, epochs: np.ndarray, seed: int, scale: float) -> torch.Tensor:
+def keyed_latents(chosen: np.ndarray, index: np.ndarray, epochs: np.ndarray, seed: int, scale: float) -> torch.Tensor:
     """z = (mean + std * eps) * scale; ``chosen`` (b, 2, C, h, w) float16 = each sample's [mean, std]
     of its keyed flip; returns (b, C, h, w) float32.
 
-    eps for a sample is the first normal draw of the CPU generator seeded with
-    ``keyed_seed(seed, POSTERIOR, index, epoch)``, i.e. exactly
-    ``PerSampleGenerators(seed, "posterior", [(index, epoch)]).randn(shape)``. The work is done one
-    sample at a time on purpose: these small ops stay on one thread and never contend with the
-    caller's intra-op thread pool (batch-wide ops were 5x slower on a busy machine).
+    eps for a sample is ``keyed_normals([keyed_seed(seed, POSTERIOR, index, epoch)], C*h*w)``
+    reshaped to (C, h, w). The draw goes through in chunks of about ``CHUNK_VALUES`` values, which
+    keep numpy's temporaries in the CPU cache (a whole 256-sample batch at once was 2-3x slower).
     """
-    x = torch.empty((len(index), *chosen.shape[2:]))
-    generator = torch.Generator()
-    for row, (i, e) in enumerate(zip(index.tolist(), epochs.tolist())):
-        generator.manual_seed(keyed_seed(seed, POSTERIOR, i, e))
-        z = x[row]
-        z.normal_(generator=generator)
-        z.mul_(chosen[row, 1]).add_(chosen[row, 0]).mul_(scale)
-    return x
+    b, n = len(index), int(np.prod(chosen.shape[2:]))
+    seeds = keyed_seeds(seed, POSTERIOR, index, epochs)
+    moments = _to_float32(chosen).reshape(b, 2, n)
+    x = np.empty((b, n), np.float32)
+    step = max(1, CHUNK_VALUES // n)
+    for lo in range(0, b, step):
+        z = x[lo:lo + step]
+        np.multiply(keyed_normals(seeds[lo:lo + step], n), moments[lo:lo + step, 1], out=z)
+        z += moments[lo:lo + step, 0]
+        z *= np.float32(scale)
+    return torch.from_numpy(x).view(b, *chosen.shape[2:])
+
+
+def _to_float32(values: np.ndarray) -> np.ndarray:
+    """float16 -> float32 through torch's vectorised cast (numpy's is scalar, 20x slower), in
+    pieces below torch's intra-op grain: they stay on this thread and never queue for the caller's
+    thread pool (one batch-wide cast was 70x slower on a busy 2-core machine)."""
+    out = np.empty(values.shape, np.float32)
+    src, dst = torch.from_numpy(values.reshape(-1)), torch.from_numpy(out.reshape(-1))
+    for lo in range(0, len(src), SERIAL_VALUES):
+        dst[lo:lo + SERIAL_VALUES].copy_(src[lo:lo + SERIAL_VALUES])
+    return out
 
 
 def required_cache_bytes(manifest: dict[str, Any], block_shards: int, window_samples: int) -> int:
-    """Bytes of shards the readers of one node may pin at once: the blocks a span of
-    ``window_samples`` stream positions can touch (one more if it crosses an epoch's short last
-    block), plus the block fetched ahead; never more than the whole data set."""
+    """Bytes of shards (with their index files) the readers of one node may pin at once: the
+    blocks a span of ``window_samples`` stream positions can touch (one more if it crosses an
+    epoch's short last block), plus the block fetched ahead; never more than the whole data set."""
     shards = [s for s in manifest["shards"] if s["num_items"]]
+    stored = [s["size"] + index_file_bytes(s["num_items"]) for s in shards]
     k = min(block_shards, len(shards))
-    largest = sum(sorted((s["size"] for s in shards), reverse=True)[:k])
+    largest = sum(sorted(stored, reverse=True)[:k])
     smallest = sum(sorted(s["num_items"] for s in shards)[:k])
     blocks = math.ceil(window_samples / smallest) + 3
-    return min(blocks * largest, sum(s["size"] for s in shards))
+    return min(blocks * largest, sum(stored))
 
 
 class _RankBatches(Dataset):
@@ -153,12 +169,10 @@ class _RankBatches(Dataset):
         for shard in now:  # the batch's samples shard by shard
             where = np.flatnonzero(shards == shard)
             opened = self.reader.shard(shard)
-            part = np.empty((len(where), *chosen.shape[1:]), dtype=np.float16)
-            opened.copy_samples(rows[where], flips[where], part)
-            chosen[where] = part
+            chosen[where] = opened.gather(rows[where], flips[where])
             labels[where] = opened.index.labels[rows[where]]
         return {
-            "x": keyed_latents(torch.from_numpy(chosen), index, epochs, self.seed, self.scale),
+            "x": keyed_latents(chosen, index, epochs, self.seed, self.scale),
             "y": torch.from_numpy(labels),
             "index": torch.from_numpy(index),
             "epoch": torch.from_numpy(epochs),
@@ -181,7 +195,9 @@ class LatentLoader:
     Each item is a dict: "x" (b, C, R, R) float32 latents z = (mean + std * eps) * scale_factor of
     the chosen flip, "y" (b,) int64 labels, "index" (b,) int64 dataset indices, "epoch" (b,) int64.
     ``samples_consumed`` counts global samples up to and including the last yielded step; pass it
-    back as ``start_sample`` to resume. ``manifest`` is the manifest dict.
+    back as ``start_sample`` to resume. ``manifest`` is the manifest dict. ``DRAW_VERSION`` names
+    the definition of the keyed draws (docs/protocols.md), recorded in checkpoints: 1 = eps from one
+    torch generator per sample (checkpoints without the field), 2 = :func:`lamamba.rng.keyed_normals`.
 
     Args:
         manifest_url: the manifest file or its folder (local path or URL).
@@ -197,6 +213,8 @@ class LatentLoader:
         fetch_workers: shards fetched at once per process.
         cache_options: passed to :class:`~lamamba.data.cache.ShardCache` (retries, backoff, waits).
     """
+
+    DRAW_VERSION = 2
 
     def __init__(self, manifest_url: str, global_batch: int, rank: int, world_size: int, seed: int,
                  start_sample: int = 0, num_workers: int = 0, storage_options: dict | None = None,

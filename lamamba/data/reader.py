@@ -1,5 +1,6 @@
 """One process's open shards: fetched ahead through the node's :class:`ShardCache`, memory-mapped,
-indexed, and checked against the manifest before a sample is read.
+indexed (from the index file the cache keeps beside each shard), and checked against the manifest
+before a sample is read.
 
 The loader tells the reader which shards the next steps need (``keep``), most urgent first; the
 reader fetches them on a small thread pool while the current step is built from shards already in
@@ -18,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from lamamba import storage
 from lamamba.data.cache import CacheFullError, ShardCache, ShardRef
 from lamamba.data.manifest import shard_url
-from lamamba.data.shard_format import ShardError, ShardIndex, index_shard
+from lamamba.data.shard_format import ShardError, ShardIndex, index_file, index_file_bytes, index_shard
 
 
 @dataclass
@@ -32,14 +34,14 @@ class OpenShard:
     index: ShardIndex
     cache: ShardCache
 
-    def copy_samples(self, rows: np.ndarray, flips: np.ndarray, out: np.ndarray) -> None:
-        """Copy each sample ``rows[k]``'s [mean, std] of flip ``flips[k]`` into ``out[k]``
-        (k, 2, C, h, w) float16; no view of the map leaves this method, so :meth:`release` can
-        always unmap it."""
+    def gather(self, rows: np.ndarray, flips: np.ndarray) -> np.ndarray:
+        """(k, 2, C, h, w) float16: sample ``rows[k]``'s [mean, std] of flip ``flips[k]``, copied out
+        of the map in one fancy-indexing gather; no view of the map outlives this call, so
+        :meth:`release` can always unmap it."""
         half = self.index.count // 2
-        flat = out.reshape(len(out), half)
-        for k, (offset, flip) in enumerate(zip(self.index.offsets[rows].tolist(), flips.tolist())):
-            flat[k] = np.frombuffer(self.buffer, np.float16, half, offset + 2 * half * flip)
+        values = np.frombuffer(self.buffer, np.float16, len(self.buffer) // 2)
+        windows = np.lib.stride_tricks.sliding_window_view(values, half)  # row v: the half values from value v
+        return windows[self.index.offsets[rows] // 2 + half * flips].reshape(len(rows), *self.index.shape[1:])
 
     def release(self) -> None:
         self.buffer.close()  # unmapped before unpinned: eviction never frees a file still mapped
@@ -58,7 +60,8 @@ class ShardReader:
 
     def __init__(self, manifest_url: str, manifest: dict[str, Any], storage_options: dict | None, cache_dir: str,
                  limit_bytes: int, fetch_workers: int, **cache_options: Any):
-        self.refs = [ShardRef(shard_url(manifest_url, s), s["sha256"], int(s["size"])) for s in manifest["shards"]]
+        self.refs = [ShardRef(shard_url(manifest_url, s), s["sha256"], int(s["size"]), index_file_bytes(s["num_items"]))
+                     for s in manifest["shards"]]
         self.counts = [int(s["num_items"]) for s in manifest["shards"]]
         c, s = int(manifest["channels"]), int(manifest["latent_size"])
         self.shape = (2, 2, c, s, s)
@@ -75,7 +78,8 @@ class ShardReader:
 
     def _process_state(self) -> None:
         if self._pid != os.getpid():  # first use in this process (or a forked worker's copy)
-            self.cache = ShardCache(self.cache_dir, self.limit_bytes, self.storage_options, **self.cache_options)
+            self.cache = ShardCache(self.cache_dir, self.limit_bytes, self.storage_options, indexer=index_file,
+                                    **self.cache_options)
             self._pool = ThreadPoolExecutor(self.fetch_workers, thread_name_prefix="shard-fetch")
             self._ahead_pool = ThreadPoolExecutor(self.fetch_workers, thread_name_prefix="shard-read-ahead")
             self._open: dict[int, tuple[Future[OpenShard], bool]] = {}  # shard -> (fetch, needed now)
@@ -133,9 +137,11 @@ class ShardReader:
         path = self.cache.pin(ref, wait)
         try:
             with open(path, "rb") as f:
-                buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                # Populated here, on the fetch thread: the step that gathers from it takes no page faults.
+                buffer = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                                   prot=mmap.PROT_READ)
             try:
-                index = index_shard(buffer, ref.url)
+                index = self._index(ref, buffer)
                 self._check(index, shard, path)
             except BaseException:
                 buffer.close()
@@ -144,6 +150,18 @@ class ShardReader:
             self.cache.unpin(ref)
             raise
         return OpenShard(ref, buffer, index, self.cache)
+
+    def _index(self, ref: ShardRef, buffer: mmap.mmap) -> ShardIndex:
+        """The pinned shard's index: from the file the cache keeps beside it or, where there is none
+        (a shard cached before index files) or it is damaged, from its tar headers, then kept there."""
+        kept = self.cache.index_path(ref)
+        try:
+            with open(kept, "rb") as f:
+                return ShardIndex.from_bytes(f.read(), len(buffer), ref.url)
+        except (FileNotFoundError, ShardError):
+            index = index_shard(buffer, ref.url)
+            storage.write_bytes(kept, index.to_bytes())  # atomic: concurrent readers write the same bytes
+            return index
 
     def _check(self, index: ShardIndex, shard: int, path: str) -> None:
         """What the cached file holds must be what the manifest claims, before any sample is used."""

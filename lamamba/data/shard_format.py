@@ -13,12 +13,14 @@ so the same samples always give the same bytes and checksum, and ``webdataset.We
 ``tarfile`` read them. The reader does not stream them: it indexes a shard's members once
 (:func:`index_shard`, a scan of the 512-byte USTAR headers) and then reads any sample's moments
 in place from a memory map, which a block-shuffled order needs (webdataset's iterator is
-sequential and exposes no member offsets).
+sequential and exposes no member offsets). The node cache keeps that index in a small file beside
+the cached shard (:meth:`ShardIndex.to_bytes`), so the scan runs once per node, not per process.
 """
 
 from __future__ import annotations
 
 import io
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -115,17 +117,15 @@ def _npy_header(buf, offset: int, size: int, name: str, key: str) -> tuple[int, 
 
 @dataclass
 class ShardIndex:
-    """Where each sample of one shard lies: ``offsets`` (n,) byte offsets of the moments' data,
-    ``shape`` (2, 2, C, h, w), ``labels`` (n,) int64, ``keys``, and the sources' (offset, size)."""
+    """Where each sample of one shard lies: ``offsets`` (n,) int64 byte offsets of the moments' data
+    (even: float16 values), ``shape`` (2, 2, C, h, w), ``labels`` (n,) int64."""
 
     offsets: np.ndarray
     shape: tuple[int, ...]
     labels: np.ndarray
-    keys: list[str]
-    source_spans: list[tuple[int, int]]
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.offsets)
 
     @property
     def count(self) -> int:
@@ -136,9 +136,36 @@ class ShardIndex:
         """Sample ``row``'s moments (2, 2, C, h, w) float16, a read-only view into ``buf``."""
         return np.frombuffer(buf, np.float16, self.count, int(self.offsets[row])).reshape(self.shape)
 
+    def to_bytes(self) -> bytes:
+        """The index file kept beside a cached shard: little-endian int64 C, h, w, n, then the n
+        offsets, then the n labels (:func:`index_file_bytes` of them)."""
+        head = np.array([*self.shape[2:], len(self)], np.int64)
+        return np.concatenate([head, self.offsets, self.labels]).astype("<i8").tobytes()
 
-def index_shard(buf, name: str) -> ShardIndex:
-    """Index the shard held in ``buf`` (bytes or a memory map); samples in key order.
+    @classmethod
+    def from_bytes(cls, data: bytes, shard_size: int, name: str) -> ShardIndex:
+        """Read :meth:`to_bytes` back, checked against the shard's size; damage raises :class:`ShardError`."""
+        values = np.frombuffer(data, "<i8").astype(np.int64)
+        if len(values) < 4 or values[3] < 0 or len(values) != 4 + 2 * values[3] or (values[:3] <= 0).any():
+            raise ShardError(f"the index file of shard {name} is damaged")
+        n, shape = int(values[3]), (2, 2, *(int(v) for v in values[:3]))
+        index = cls(values[4:4 + n], shape, values[4 + n:])
+        index.check(shard_size, name)
+        return index
+
+    def check(self, shard_size: int, name: str) -> None:
+        """Every sample's moments lie inside the shard, at an even offset (float16 reads)."""
+        if ((self.offsets < 0) | (self.offsets + 2 * self.count > shard_size) | (self.offsets % 2 != 0)).any():
+            raise ShardError(f"shard {name}: its index points outside its {shard_size} bytes or at odd offsets")
+
+
+def index_file_bytes(num_items: int) -> int:
+    """Bytes of :meth:`ShardIndex.to_bytes` for a shard of ``num_items`` samples."""
+    return 8 * (4 + 2 * num_items)
+
+
+def _parse(buf, name: str) -> tuple[ShardIndex, list[str], list[tuple[int, int]]]:
+    """(index, keys, the sources' (offset, size)) of the shard held in ``buf``; samples in key order.
 
     Member names are data: each is checked to stay inside the shard (``storage.safe_join``).
     Any damage raises :class:`ShardError` naming the shard.
@@ -175,12 +202,26 @@ def index_shard(buf, name: str) -> ShardIndex:
         except ValueError:
             raise ShardError(f"shard {name}: sample {key} has a label that is not an integer") from None
         sources.append(sample[SOURCE])
-    return ShardIndex(offsets, shape, labels, keys, sources)
+    index = ShardIndex(offsets, shape, labels)
+    index.check(len(buf), name)
+    return index, keys, sources
+
+
+def index_shard(buf, name: str) -> ShardIndex:
+    """Index the shard held in ``buf`` (bytes or a memory map): a scan of its tar headers (see
+    :func:`_parse`); any damage raises :class:`ShardError` naming the shard."""
+    return _parse(buf, name)[0]
+
+
+def index_file(path: str, name: str) -> bytes:
+    """The index file (:meth:`ShardIndex.to_bytes`) of the shard file at ``path``."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+        return index_shard(buffer, name).to_bytes()
 
 
 def unpack_shard(data: bytes, name: str) -> ShardArrays:
     """Decode the bytes of shard ``name``; any damage raises :class:`ShardError` naming it."""
-    index = index_shard(data, name)
+    index, keys, spans = _parse(data, name)
     moments = np.stack([index.moments(data, row) for row in range(len(index))])
-    sources = [data[o:o + s].decode() for o, s in index.source_spans]
-    return ShardArrays(moments, index.labels, index.keys, sources)
+    sources = [data[o:o + s].decode() for o, s in spans]
+    return ShardArrays(moments, index.labels, keys, sources)

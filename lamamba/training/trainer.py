@@ -231,13 +231,19 @@ class Trainer:
                                   f"them, or start a new run (another run_dir; `lamamba submit ... --new-run`)")
             if continued:
                 log.info("continuing the run with changed %s", ", ".join(continued))
+            drawn = resume_state.get("data_draws", 1)
+            if drawn != self.loader.DRAW_VERSION:  # same order and distribution, other posterior draws
+                log.warning("the checkpoint's data came with keyed draws of version %d, this code makes version %d: "
+                            "from here on each sample's posterior draw differs from what the run drew before, so "
+                            "the run is not bit-identical to one that never stopped", drawn, self.loader.DRAW_VERSION)
 
     # ---- the loop ------------------------------------------------------------------------------
     def _save(self, final: bool) -> str | None:
         state = {"step": self.step, "samples_consumed": self.loader.samples_consumed,
                  "skipped_steps": self.guard.skipped_total, "world_size": self.world.world_size,
                  "global_batch": self.cfg.global_batch, "config_hash": self.config_hash, "config": self.config_dict,
-                 "manifest_id": self.manifest["id"], "lr_scheduler": self.engine.lr_scheduler.state_dict(),
+                 "manifest_id": self.manifest["id"], "data_draws": self.loader.DRAW_VERSION,
+                 "lr_scheduler": self.engine.lr_scheduler.state_dict(),
                  "time": time.time()}
         url = self.checkpointer.save(self.step, self.engine, self.ema, state, self.config_yaml, self.cfg.model,
                                      final=final)

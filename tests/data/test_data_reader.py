@@ -11,8 +11,9 @@ from data_pipeline.preprocess import to_model_input
 from data_pipeline.sources import DIGITS_PREFIX, SourceItem, digits_split, load_image
 from lamamba.autoencoders import AutoencoderConfig, build_autoencoder
 from lamamba.data import LatentLoader, ShardError
+from lamamba.data.loader import keyed_latents
 from lamamba.data.shard_format import unpack_shard
-from lamamba.rng import PerSampleGenerators, keyed_seed, purpose_id
+from lamamba.rng import keyed_normals, keyed_seed, purpose_id
 
 G = 6  # global batch; the dataset has 18 items, so 3 steps per epoch
 
@@ -75,7 +76,9 @@ def test_each_sample_once_per_epoch_and_draws_change_between_epochs(tiny_vae_dat
     moments = torch.from_numpy(all_moments(tiny_vae_dataset, loader.manifest)).float()
     keys = list(zip(index.tolist(), epoch.tolist()))
     flip = torch.tensor([keyed_seed(5, purpose_id("flip"), i, e) & 1 for i, e in keys])
-    eps = PerSampleGenerators(5, "posterior", keys).randn((4, 4, 4))
+    eps = torch.from_numpy(np.concatenate([keyed_normals(np.array([keyed_seed(5, purpose_id("posterior"), i, e)],
+                                                                   dtype=np.uint64), 64) for i, e in keys]))
+    eps = eps.view(-1, 4, 4, 4)  # one sample at a time: the batch's draws do not depend on its other samples
     chosen = moments[index, flip]
     expected = (chosen[:, 0] + chosen[:, 1] * eps) * loader.manifest["scale_factor"]
     torch.testing.assert_close(x, expected, rtol=0, atol=0)
@@ -86,6 +89,21 @@ def test_each_sample_once_per_epoch_and_draws_change_between_epochs(tiny_vae_dat
     assert len({f for d in by_sample.values() for f, _ in d.values()}) == 2
     assert any(d[0][0] != d[1][0] for d in by_sample.values())  # flips change between epochs
     assert all(not torch.equal(d[0][1], d[1][1]) for d in by_sample.values())  # so do posterior draws
+
+
+def test_keyed_latents_of_a_batch_are_those_of_each_sample_alone():
+    rng = np.random.default_rng(0)
+    chosen = rng.standard_normal((5, 2, 4, 8, 8)).astype(np.float16)
+    index, epochs = np.array([3, 9, 3, 4, 9]), np.array([0, 0, 1, 0, 0])
+    batch = keyed_latents(chosen, index, epochs, seed=11, scale=0.5)
+    for k in range(5):
+        alone = keyed_latents(chosen[k:k + 1], index[k:k + 1], epochs[k:k + 1], seed=11, scale=0.5)
+        assert torch.equal(alone[0], batch[k])
+    same = np.repeat(chosen[:1], 5, axis=0)  # same moments: the keys alone make the draws differ
+    draws = keyed_latents(same, index, epochs, seed=11, scale=0.5)
+    assert len({d.numpy().tobytes() for d in draws}) == 4  # (9, 0) twice; index and epoch both matter
+    assert torch.equal(draws[1], draws[4])
+    assert not torch.equal(keyed_latents(same, index, epochs, seed=12, scale=0.5)[0], draws[0])
 
 
 def test_corrupt_or_truncated_shard_names_the_shard(tiny_vae_dataset, tmp_path):

@@ -15,7 +15,7 @@ from data_pipeline.writer import write_shard
 from lamamba import storage
 from lamamba.data import CacheFullError, LatentLoader, ManifestError, ShardCache, ShardError, epoch_order
 from lamamba.data.cache import ShardRef
-from lamamba.data.shard_format import ShardSample
+from lamamba.data.shard_format import ShardSample, index_file_bytes
 from lamamba.storage import UnsafePathError
 
 N, SHARD, BLOCK, G = 60, 4, 3, 8  # 15 shards in 5 blocks of 3; 7.5 steps per epoch
@@ -149,7 +149,7 @@ def test_concurrent_readers_and_two_runs_share_one_node_cache(stream_data, tmp_p
         assert len(downloads) == len(set(downloads)) == 15
 
         # Two runs (on two data sets) at once on a cache that must evict.
-        limit = 15 * shard_bytes  # one run needs all 15 of its shards; both runs need 25
+        limit = 15 * (shard_bytes + index_file_bytes(SHARD))  # one run needs all 15 shards; both runs need 25
         jobs = [(url, str(tmp_path / "small"), 0, 1, 3, limit / 1e9, steps),
                 (other, str(tmp_path / "small"), 0, 1, 4, limit / 1e9, steps)]
         results = pool.map(_read, jobs, chunksize=1)
@@ -181,6 +181,37 @@ def test_eviction_never_removes_a_pinned_shard(tmp_path):
     assert not os.path.exists(a.path(refs[0])) and os.path.exists(a.path(refs[1]))
     assert b.usage_bytes() <= limit and b.peak_bytes() <= limit
     assert b.downloaded == [refs[2].url]
+
+
+def test_index_files_are_written_once_beside_the_shards_and_evicted_with_them(stream_data, tmp_path, monkeypatch):
+    url, shard_bytes = stream_data
+    reference = take(loader(url, tmp_path / "c"), 8)  # one epoch: every shard downloaded and indexed
+    shards = tmp_path / "c" / "shards"
+    indexes = sorted(shards.glob("*.index"))
+    assert len(indexes) == 15 and {p.stem for p in indexes} == {p.stem for p in shards.glob("*.tar")}
+
+    def parse(*args):
+        raise AssertionError("a reader parsed the tar headers although the index file is there")
+
+    monkeypatch.setattr("lamamba.data.reader.index_shard", parse)
+    assert_same(take(loader(url, tmp_path / "c"), 8), reference)  # another reader: index files only
+    monkeypatch.undo()
+
+    indexes[0].write_bytes(indexes[0].read_bytes()[:-8])  # a damaged index is rebuilt from the tar
+    os.remove(indexes[1])  # and a missing one (a shard cached before index files)
+    assert_same(take(loader(url, tmp_path / "c"), 8), reference)
+    assert len(list(shards.glob("*.index"))) == 15 and indexes[0].stat().st_size == 8 * (4 + 2 * SHARD)
+
+    limit = 8 * shard_bytes  # evicting: each shard leaves with its index, and indexes count to the limit
+    small = LatentLoader(url, 4, 0, 1, 3, cache_dir=str(tmp_path / "small"), cache_limit_gb=limit / 1e9,
+                         block_shards=1)
+    take(small, 16)
+    small.close()
+    shards, cache = tmp_path / "small" / "shards", small.reader.cache
+    assert len(cache.downloaded) > 8
+    assert {p.stem for p in shards.glob("*.index")} == {p.stem for p in shards.glob("*.tar")}
+    assert cache.usage_bytes() == sum(p.stat().st_size for p in shards.iterdir()) <= limit
+    assert cache.peak_bytes() <= limit
 
 
 def test_paths_from_data_stay_inside_their_folders(stream_data, tmp_path):
