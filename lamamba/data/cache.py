@@ -17,8 +17,11 @@ while it downloads (bytes = the shard and its index), ``locks/<sha256>.lock`` pe
   (bounded memory), is checked against the manifest's size and sha256, and is renamed into place.
 - The limit: before a download the bytes of the shard and its index are reserved under
   ``cache.lock`` (the partial file, which carries them in its name, is created inside that critical
-  section), evicting the least recently pinned unpinned shards (with their indexes) first; files on
-  disk therefore never exceed the limit. If
+  section), evicting the least recently pinned unpinned shards (with their indexes) first. The
+  index is written before the shard is renamed into place, and the rename happens under
+  ``cache.lock`` too, so an accounting listing never sees a shard half-renamed (a directory
+  listing taken across a rename may miss the file under both names): files on disk therefore
+  never exceed the limit. If
   live pins leave no room, the reservation waits for readers to move on, then fails with the fix.
 - Object storage: transient failures (connection drops, timeouts, a checksum mismatch in transit)
   are retried with exponential backoff; a missing shard, or one still wrong after the retries, is a
@@ -27,6 +30,7 @@ while it downloads (bytes = the shard and its index), ``locks/<sha256>.lock`` pe
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -203,13 +207,19 @@ class ShardCache:
             shards[sha] = ([*names, name], size, max(used, stat.st_mtime))
         return [(sha, names, size, used) for sha, (names, size, used) in shards.items()]
 
+    @contextlib.contextmanager
+    def accounting(self):
+        """Hold the cache's space-accounting lock (listing, reserving, evicting, renaming into place)."""
+        with open(os.path.join(self.root, "cache.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
     def _reserve(self, ref: ShardRef, partial: str, wait: bool) -> None:
         """Make room for ``ref`` and create its partial file, inside the accounting lock."""
         deadline = time.monotonic() + (self.space_timeout_s if wait else 0.0)
         wait = 0.02
         while True:
-            with open(os.path.join(self.root, "cache.lock"), "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with self.accounting():
                 need = ref.size + ref.index_size
                 used = self._make_room(need)
                 if used + need <= self.limit_bytes:
@@ -277,9 +287,10 @@ class ShardCache:
                 except Exception as err:  # noqa: BLE001 - any transfer failure is retried, then reported
                     last = f"{type(err).__name__}: {err}"
                     continue
-                os.replace(partial, path)
+                self._write_index(ref, partial)  # inside the reservation either way
+                with self.accounting():
+                    os.replace(partial, path)
                 self.downloaded.append(ref.url)
-                self._write_index(ref, path)
                 return
             raise ShardError(f"shard {ref.url} could not be fetched in {self.attempts} attempts; last error: {last}")
         finally:
@@ -287,7 +298,8 @@ class ShardCache:
                 os.remove(partial)
 
     def _write_index(self, ref: ShardRef, path: str) -> None:
-        """Keep the index of the shard just verified beside it (this process holds its exclusive lock)."""
+        """Keep the index of the shard just verified at ``path`` beside it (this process holds its
+        exclusive lock)."""
         if self.indexer is None:
             return
         try:

@@ -1,5 +1,6 @@
 """The streaming reader: two-level order, bounded node cache, concurrent readers and runs, S3 faults."""
 
+import fcntl
 import json
 import multiprocessing
 import os
@@ -93,16 +94,18 @@ def test_resume_at_any_step_including_mid_block(stream_data, tmp_path):
 
 
 def _du(folder):
-    """Bytes of the shards in the cache's shard folder. Read-ahead threads remove and rename files
-    meanwhile: a listing taken across a shard's rename from ``SHA.SIZE.partial`` to ``SHA.tar`` can
-    name it twice, so each shard (its sha256) counts once."""
-    sizes = {}
-    for entry in os.scandir(os.path.join(folder, "shards")):
-        try:
-            sizes[entry.name.split(".")[0]] = entry.stat().st_size
-        except FileNotFoundError:
-            pass
-    return sum(sizes.values())
+    """Bytes of every file in the cache's shard folder, listed under the cache's accounting lock:
+    read-ahead threads evict and rename meanwhile, and a listing taken across a rename can name
+    a file twice or not at all."""
+    total = 0
+    with open(os.path.join(folder, "cache.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for entry in os.scandir(os.path.join(folder, "shards")):
+            try:
+                total += entry.stat().st_size
+            except FileNotFoundError:
+                pass
+    return total
 
 
 def test_disk_never_over_the_limit_on_data_10x_the_limit(stream_data, tmp_path):
