@@ -45,6 +45,20 @@ TILE = 256  # states per program (BLOCK_K x BLOCK_C x BLOCK_N): registers for h,
 
 
 @triton.jit
+def _tile_params(A_ptr, D_ptr, bias_ptr, k, c, n, K, CH, N):
+    """A program's masks (K), (K, C), (K, N), (K, C, N) and its tiles of A (K, C, N), D and the dt
+    bias (K, C), in fp32 (once per program: a helper is cheap outside the time loop)."""
+    km, cm, nm = k < K, c < CH, n < N
+    kc, kn = km[:, None] & cm[None, :], km[:, None] & nm[None, :]
+    kcn = kc[:, :, None] & nm[None, None, :]
+    kc_idx = k[:, None] * CH + c[None, :]  # (K, C): index into (K, CH) parameters
+    A = tl.load(A_ptr + kc_idx[:, :, None] * N + n[None, None, :], mask=kcn, other=0.0).to(tl.float32)
+    Dv = tl.load(D_ptr + kc_idx, mask=kc, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + kc_idx, mask=kc, other=0.0).to(tl.float32)
+    return km, kc, kn, kcn, A, Dv, bias
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_ptr, y_ptr, hs_ptr,
     L, CH, N, K, n_chunks, so_k,
@@ -57,13 +71,7 @@ def _scan_fwd_kernel(
     k = (tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)).to(tl.int64)
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     n = tl.arange(0, BLOCK_N)
-    km, cm, nm = k < K, c < CH, n < N
-    kc, kn = km[:, None] & cm[None, :], km[:, None] & nm[None, :]
-    kcn = kc[:, :, None] & nm[None, None, :]
-    kc_idx = k[:, None] * CH + c[None, :]  # (K, C): index into (K, CH) parameters
-    A = tl.load(A_ptr + kc_idx[:, :, None] * N + n[None, None, :], mask=kcn, other=0.0).to(tl.float32)
-    Dv = tl.load(D_ptr + kc_idx, mask=kc, other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + kc_idx, mask=kc, other=0.0).to(tl.float32)
+    km, kc, kn, kcn, A, Dv, bias = _tile_params(A_ptr, D_ptr, bias_ptr, k, c, n, K, CH, N)
     o_off = k * so_k
     u_off = b * su_b + k[:, None] * su_k + c[None, :] * su_c
     d_off = b * sd_b + k[:, None] * sd_k + c[None, :] * sd_c
@@ -104,13 +112,7 @@ def _scan_bwd_kernel(
     k_local, c_local, n = tl.arange(0, BLOCK_K), tl.arange(0, BLOCK_C), tl.arange(0, BLOCK_N)
     k = (tl.program_id(1) * BLOCK_K + k_local).to(tl.int64)
     c = cb * BLOCK_C + c_local
-    km, cm, nm = k < K, c < CH, n < N
-    kc, kn = km[:, None] & cm[None, :], km[:, None] & nm[None, :]
-    kcn = kc[:, :, None] & nm[None, None, :]
-    kc_idx = k[:, None] * CH + c[None, :]
-    A = tl.load(A_ptr + kc_idx[:, :, None] * N + n[None, None, :], mask=kcn, other=0.0).to(tl.float32)
-    Dv = tl.load(D_ptr + kc_idx, mask=kc, other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + kc_idx, mask=kc, other=0.0).to(tl.float32)
+    km, kc, kn, kcn, A, Dv, bias = _tile_params(A_ptr, D_ptr, bias_ptr, k, c, n, K, CH, N)
     o_off = k * so_k
     u_off = b * su_b + k[:, None] * su_k + c[None, :] * su_c
     d_off = b * sd_b + k[:, None] * sd_k + c[None, :] * sd_c
