@@ -150,18 +150,33 @@ class ShardCache:
             return self.path(ref)
 
     def _pin_locked(self, ref: ShardRef, fd: int, wait: bool) -> None:
+        """Take the shared lock on a shard whose file is in place, downloading it first if needed.
+
+        The exclusive lock is only ever tried, never waited for: its other holders may be pins of
+        a reader that itself waits for a shard this one pins (two ranks, each having fetched the
+        shard the other one wants, blocked in their exclusive requests forever: seen with two
+        ranks and two shards). Waiting happens on the shared lock alone, which only a download in
+        progress holds up.
+        """
         path = self.path(ref)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        for _ in range(8):  # lock conversions are not atomic: an evictor may slip in between
+        downloads, pause = 0, 0.005
+        while True:
+            fcntl.flock(fd, fcntl.LOCK_SH)
             if _size(path) == ref.size:
                 os.utime(path)  # the recency eviction goes by
                 return
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:  # a failed conversion leaves no lock: the shared one is dropped first
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another reader is looking (or pinned it just now): look again
+                time.sleep(pause)
+                pause = min(2 * pause, 0.2)
+                continue
             if _size(path) != ref.size:
+                if downloads == 8:  # lock conversions are not atomic: an evictor may slip in between
+                    raise ShardError(f"shard {ref.url} keeps being evicted from {self.root} as soon as it is "
+                                     "fetched; raise data.cache_limit_gb")
+                downloads += 1
                 self._download(ref, path, wait)
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        raise ShardError(f"shard {ref.url} keeps being evicted from {self.root} as soon as it is fetched; "
-                         "raise data.cache_limit_gb")
 
     def unpin(self, ref: ShardRef) -> None:
         with self._guard:

@@ -67,11 +67,13 @@ def test_preempted_job_checkpoints_requeues_and_resumes_exactly(slurm, cluster_r
     slurm.run("scancel", "--signal=USR1", "--batch", job_id)  # what --signal=B:USR1@120 sends
 
     # The ranks commit a checkpoint and the job is requeued. SLURM holds a requeued job for
-    # 120 s (BeginTime); release it at once so the test does not wait.
+    # 120 s (BeginTime); release it at once so the test does not wait - only once it is held
+    # (PENDING for BeginTime): released while its first run was still completing, it failed to
+    # start on a fast machine.
     wait_for(lambda: "requeueing job" in cli.logs(run_id), "the requeue", 120)
-    wait_for(lambda: "BeginTime" in slurm.run("squeue", "--noheader", "--jobs", job_id, "--format=%r", check=False)
-             or cli.state(run_id) != "PENDING", "the requeued job to be held", 30)
-    slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
+    wait_for(lambda: slurm.run("squeue", "--noheader", "--jobs", job_id, "--format=%T %r", check=False).split()
+             == ["PENDING", "BeginTime"], "the requeued job to be held", 60)
+    slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
     state = cli.wait_state(run_id, ("SUCCEEDED", "FAILED"), 300)
     log = cli.logs(run_id)
     assert state == "SUCCEEDED", log[-3000:] + _rank_logs(run_dir)

@@ -186,6 +186,26 @@ def test_eviction_never_removes_a_pinned_shard(tmp_path):
     assert b.downloaded == [refs[2].url]
 
 
+def test_a_pin_never_waits_for_another_readers_pin(tmp_path):
+    """Two ranks, each having fetched the shard the other wants and pinning it: neither may wait
+    for an exclusive lock the other's pin blocks (they did, forever, each in its own request)."""
+    import shutil
+    import threading
+
+    ref = _shard(tmp_path, "s0.tar", 3)
+    cache = ShardCache(str(tmp_path / "cache"), 10 * ref.size)
+    other = os.open(cache._lock_path(ref.sha256), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_SH)  # another reader's look at the missing shard...
+    pinned = threading.Thread(target=cache.pin, args=(ref,), daemon=True)
+    pinned.start()
+    pinned.join(0.3)
+    assert pinned.is_alive()  # the shard is missing and someone holds its lock: not downloaded yet
+    shutil.copy(ref.url, cache.path(ref))  # ...that reader fetched it and keeps its pin
+    pinned.join(10)
+    assert not pinned.is_alive() and cache.pinned() == 1 and cache.downloaded == []
+    os.close(other)
+
+
 def test_index_files_are_written_once_beside_the_shards_and_evicted_with_them(stream_data, tmp_path, monkeypatch):
     url, shard_bytes = stream_data
     reference = take(loader(url, tmp_path / "c"), 8)  # one epoch: every shard downloaded and indexed
