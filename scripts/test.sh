@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up everything and run the whole test suite (CPU only, about 17 minutes on 2 cores plus
-# about 4 of set-up, the figure README.md states).
+# Set up everything and run the whole test suite (CPU only, about 15 minutes on 2 cores plus
+# about 2 of set-up, the figure README.md states).
 #
 #   bash scripts/test.sh                          # every test
 #   bash scripts/test.sh tests/quickstart -x      # any argument is passed to pytest
