@@ -232,7 +232,7 @@ class ShardCache:
     def _reserve(self, ref: ShardRef, partial: str, wait: bool) -> None:
         """Make room for ``ref`` and create its partial file, inside the accounting lock."""
         deadline = time.monotonic() + (self.space_timeout_s if wait else 0.0)
-        wait = 0.02
+        pause = 0.02
         while True:
             with self.accounting():
                 need = ref.size + ref.index_size
@@ -246,8 +246,8 @@ class ShardCache:
                     f"the data cache {self.root} (limit {self.limit_bytes / 1e9:.3g} GB) holds {used / 1e9:.3g} GB "
                     f"of shards pinned by live readers and cannot fit {ref.url} ({ref.size / 1e9:.3g} GB) after "
                     f"{self.space_timeout_s:.0f} s; raise data.cache_limit_gb or lower data.block_shards")
-            time.sleep(wait)
-            wait = min(2 * wait, 1.0)
+            time.sleep(pause)
+            pause = min(2 * pause, 1.0)
 
     def _make_room(self, need: int) -> int:
         """Evict unpinned shards, least recently used first, until ``need`` fits; the bytes in use."""
