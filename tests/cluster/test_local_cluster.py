@@ -43,7 +43,11 @@ def test_teardown_stops_every_process_and_deletes_the_namespaces():
         prefix = f"lmteardown{os.getpid()}"  # two test sessions on one machine do not share it
         net = Network(1, Path(root), prefix=prefix)
         host = net.hosts[0]
-        proc = subprocess.Popen(host.command(["sleep", "300"]), start_new_session=True)
+        # Popen returns before nsenter has joined the namespace: wait for the line the command
+        # prints once it is inside (the shell's echo is a builtin; exec keeps the pid).
+        proc = subprocess.Popen(host.command(["sh", "-c", "echo inside; exec sleep 300"]),
+                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert proc.stdout.readline() == "inside\n"
         assert proc.pid in host.pids()
         net.close()
         assert proc.wait(timeout=10) != 0  # killed
