@@ -20,7 +20,7 @@ def test_hosts_reach_each_other_by_name(hosts):
     try:
         client = hosts.hosts[1].command([sys.executable, "-c",
             "import socket, time\n"
-            "for _ in range(50):\n"
+            "for _ in range(300):\n"  # up to 30 s for the server's interpreter to start on a loaded machine
             "    try: s = socket.create_connection(('node0', 7000), timeout=2); break\n"
             "    except OSError: time.sleep(0.1)\n"
             "print(s.recv(100).decode(), socket.gethostname())"])
