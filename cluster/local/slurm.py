@@ -108,7 +108,7 @@ class SlurmCluster:
         for h in self.hosts:
             self.procs.append(start(h.command(["slurmd", "-D", "-f", str(self.conf), "-N", h.hostname]),
                                     self.root / "log" / f"slurmd-{h.hostname}.out", env))
-        wait_until(self._all_idle, "every slurmd to register as idle", 90, poll_s=0.5,
+        wait_until(self.all_idle, "every slurmd to register as idle", 90, poll_s=0.5,
                    alive=self.procs[1], log=ctl_log)
 
     def run(self, *cmd: str, host: int = 0, check: bool = True) -> str:
@@ -119,7 +119,8 @@ class SlurmCluster:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc.stdout
 
-    def _all_idle(self) -> bool:
+    def all_idle(self) -> bool:
+        """Every node idle: no job running or still completing (its processes being cleaned up) on it."""
         out = self.run("sinfo", "--noheader", "--Node", "--format=%N %T", check=False).split()
         states = dict(zip(out[::2], out[1::2]))
         return all(states.get(h.hostname) == "idle" for h in self.hosts)

@@ -46,6 +46,15 @@ def _rank_logs(run_dir: Path) -> str:
                    for p in sorted((run_dir / "logs" / "ranks").rglob("*.log")))
 
 
+def _scheduler_report(slurm, job_id: str) -> str:
+    """What SLURM says of the job and the daemons' log lines about it, for a failure message."""
+    job = slurm.run("scontrol", "show", "job", job_id, check=False)
+    lines = [f"\n--- {log.name}: {line}" for log in sorted((slurm.root / "log").glob("*.log"))
+             for line in log.read_text(errors="replace").splitlines() if f"JobId={job_id}" in line
+             or f"job {job_id}" in line.lower() or f"StepId={job_id}." in line]
+    return f"\n--- scontrol show job {job_id}:\n{job}" + "".join(lines[-60:])
+
+
 def test_preempted_job_checkpoints_requeues_and_resumes_exactly(slurm, cluster_root, digits_latents, reference_run):
     cli = _cli(slurm, cluster_root, cluster_root / "slurm-runs")
     run_id = cli.submit(f"data.manifest={digits_latents}", *TRAIN_OVERRIDES, "--gpus-per-node", "2")
@@ -68,15 +77,16 @@ def test_preempted_job_checkpoints_requeues_and_resumes_exactly(slurm, cluster_r
 
     # The ranks commit a checkpoint and the job is requeued. SLURM holds a requeued job for
     # 120 s (BeginTime); release it at once so the test does not wait - only once it is held
-    # (PENDING for BeginTime): released while its first run was still completing, it failed to
-    # start on a fast machine.
+    # (PENDING for BeginTime) and its node has finished cleaning up the first run (idle, not
+    # completing): released earlier, it failed to start (seen on a fast machine, and once under load).
     wait_for(lambda: "requeueing job" in cli.logs(run_id), "the requeue", 120)
     wait_for(lambda: slurm.run("squeue", "--noheader", "--jobs", job_id, "--format=%T %r", check=False).split()
              == ["PENDING", "BeginTime"], "the requeued job to be held", 60)
+    wait_for(slurm.all_idle, "the nodes to finish the first run", 90, poll_s=0.5)
     slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
     state = cli.wait_state(run_id, ("SUCCEEDED", "FAILED"), 300)
     log = cli.logs(run_id)
-    assert state == "SUCCEEDED", log[-3000:] + _rank_logs(run_dir)
+    assert state == "SUCCEEDED", log[-3000:] + _rank_logs(run_dir) + _scheduler_report(slurm, job_id)
 
     stopped = int(re.search(r"preempted \((SIGUSR1|another rank's request)\) at step (\d+)", log).group(2))
     assert 1 <= stopped < STEPS, log[-3000:]
@@ -131,7 +141,8 @@ def test_two_node_step_restarts_after_a_host_loses_its_processes(slurm, cluster_
 
     state = cli.wait_state(run_id, ("SUCCEEDED", "FAILED"), 360)
     log = cli.logs(run_id)
-    assert state == "SUCCEEDED", log[-3000:] + _rank_logs(run_dir)
+    job_id = json.loads((run_dir / "launch" / "run.json").read_text())["handle"]["job_id"]
+    assert state == "SUCCEEDED", log[-3000:] + _rank_logs(run_dir) + _scheduler_report(slurm, job_id)
     # The batch script saw the step fail and started it again; both nodes' new entrypoints
     # succeeded at their first attempt, after resuming from a commit.
     assert "job step failed (exit" in log and "restart 1/2 on every node" in log, log[-3000:]
